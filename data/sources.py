@@ -1,0 +1,140 @@
+"""Where a split's documents come from: the embedded corpus, local files, or a Hugging Face Hub dataset,
+opened as a `datasets` streaming dataset for one epoch of one reader."""
+import codecs
+import glob
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from data.config import DataConfig
+from data.corpus import build_embedded_corpus
+from data.errors import DataError
+
+BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+# A .txt file is one document (not one per line): EOS then marks real document ends.
+_BUILDER_KWARGS = {"text": {"sample_by": "document", "encoding": "utf-8"}}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A picklable recipe for one split's documents (DataLoader workers re-open it)."""
+
+    label: str  # names the config key in error messages
+    text_field: str
+    files: tuple = ()
+    builder: Optional[str] = None
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_split: Optional[str] = None
+    shuffle_shards: bool = False
+
+    def open(self, epoch: int, seed: int, node: int, num_nodes: int):
+        """The streaming dataset of reader `node` of `num_nodes` for `epoch`.
+
+        Training sources visit their files in a new order each epoch, fixed by (seed, epoch) so every rank
+        agrees on it; Hub datasets get the same from `datasets`' own per-epoch shard shuffle.
+        """
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        if self.files:
+            files = list(self.files)
+            if self.shuffle_shards:
+                random.Random(f"{seed}-{epoch}").shuffle(files)
+            ds = datasets.load_dataset(self.builder, data_files=files, split="train", streaming=True,
+                                       **_BUILDER_KWARGS.get(self.builder, {}))
+        else:
+            try:
+                ds = datasets.load_dataset(self.hub_name, self.hub_config, split=self.hub_split, streaming=True)
+            except Exception as err:  # offline, unknown name, missing config or split: all end here
+                raise DataError(
+                    f"{self.label} is not a local path and could not be streamed from the Hugging Face Hub "
+                    f"(offline, or no such dataset/config/split): {err}. Pass local .json/.jsonl/.parquet/.txt "
+                    "files, a directory or a glob instead."
+                ) from err
+            if self.shuffle_shards:
+                ds.set_epoch(epoch)
+        if num_nodes > 1:
+            ds = split_dataset_by_node(ds, rank=node, world_size=num_nodes)
+        return ds
+
+    def utf8_error(self, err: UnicodeDecodeError) -> DataError:
+        """A clear error naming the first local file that is not UTF-8."""
+        culprit = next((f for f in self.files if not _is_utf8(f)), None)
+        where = f"{culprit} is not valid UTF-8" if culprit else "a document is not valid UTF-8"
+        return DataError(f"{self.label}: {where} ({err}); re-encode it as UTF-8 (e.g. iconv -t utf-8)")
+
+
+def resolve_source(cfg: DataConfig, split: str) -> Source:
+    """The Source for split "train" (data.dataset) or "validation" (data.eval_dataset)."""
+    if split == "train":
+        key, spec, hub_split = "data.dataset", cfg.dataset, cfg.split
+    elif split == "validation":
+        key, spec, hub_split = "data.eval_dataset", cfg.eval_dataset, cfg.eval_split
+        if spec is None:
+            raise DataError("data.eval_dataset is null, so there is no validation data; set it (e.g. to 'embedded')")
+    else:
+        raise DataError(f"split={split!r} must be 'train' or 'validation'")
+    label = f"{key}={spec!r}"
+    shuffle = split == "train"
+    if spec == "embedded":
+        files = build_embedded_corpus(cfg.cache_dir, cfg.corpus_code_mb, cfg.corpus_prose_mb,
+                                      cfg.corpus_math_mb)[split]
+        return Source(label, "text", files=tuple(files), builder="json", shuffle_shards=shuffle)
+    if _looks_local(spec):
+        files = _local_files(spec, label)
+        builders = {BUILDERS[Path(f).suffix] for f in files}
+        if len(builders) > 1:
+            raise DataError(f"{label} mixes file types ({sorted(builders)}); point it at one kind of file")
+        return Source(label, cfg.text_field, files=tuple(files), builder=builders.pop(), shuffle_shards=shuffle)
+    return Source(label, cfg.text_field, hub_name=spec, hub_config=cfg.dataset_config, hub_split=hub_split,
+                  shuffle_shards=shuffle)
+
+
+def _looks_local(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return (path.exists() or any(c in spec for c in "*?[") or spec.startswith(("/", ".", "~"))
+            or path.suffix in BUILDERS)
+
+
+def _local_files(spec: str, label: str) -> list:
+    """Sorted files of a file, directory (recursive) or glob. Hidden and blank files are skipped: `datasets`
+    infers columns from the first file, and a blank one there breaks the files after it."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        candidates = [path]
+    elif path.is_dir():
+        candidates = [p for p in path.rglob("*") if p.is_file()]
+    else:
+        candidates = [Path(p) for p in glob.glob(str(path), recursive=True) if os.path.isfile(p)]
+    candidates = [p for p in candidates if not p.name.startswith(".")]
+    files = sorted(str(p) for p in candidates if p.suffix in BUILDERS)
+    if files and all(_blank(f) for f in files):
+        raise DataError(f"{label}: every matching file is empty; the dataset has no documents")
+    files = [f for f in files if not _blank(f)]
+    if not files:
+        found = f" (found only: {', '.join(sorted(p.name for p in candidates)[:5])})" if candidates else ""
+        raise DataError(
+            f"{label}: no files match{found}; expected a file, directory or glob of "
+            f"{'/'.join(BUILDERS)} files"
+        )
+    return files
+
+
+def _blank(path: str) -> bool:
+    """Empty or whitespace-only (only small files are read: a large blank file is not a realistic case)."""
+    return os.path.getsize(path) < 4096 and not Path(path).read_bytes().strip()
+
+
+def _is_utf8(path: str) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
