@@ -1,10 +1,26 @@
-"""Pretraining data: the embedded corpus, tokenizers, and packed resumable batch streams."""
-from data.config import DataConfig
-from data.corpus import build_embedded_corpus
-from data.stream import PackedBatches, check_vocab, eval_batches
-from data.tokenizer import Tokenizer, load_tokenizer
-from data.errors import DataError
-from data.unigram import unigram_loss
+"""Pretraining data: the embedded corpus, tokenizers, packed resumable batch streams, state-tracking tasks.
 
-__all__ = ["DataConfig", "DataError", "Tokenizer", "build_embedded_corpus", "check_vocab", "eval_batches", "load_tokenizer",
-           "PackedBatches", "unigram_loss"]
+Heavy modules (datasets, sentencepiece) load on first use, so importing the config costs nothing.
+"""
+import importlib
+
+from data.config import DataConfig
+from data.errors import DataError
+
+_LAZY = {
+    "build_embedded_corpus": "data.corpus",
+    "PackedBatches": "data.stream",
+    "check_vocab": "data.stream",
+    "eval_batches": "data.stream",
+    "Tokenizer": "data.tokenizer",
+    "load_tokenizer": "data.tokenizer",
+    "unigram_loss": "data.unigram",
+}
+
+__all__ = ["DataConfig", "DataError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")

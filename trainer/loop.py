@@ -34,6 +34,13 @@ class Callback:
     def on_train_end(self, trainer: "Trainer") -> None: ...
 
 
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) from a packed LM block [B, T + 1] or an (input_ids, labels) pair of [B, T]."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch[:, :-1], batch[:, 1:]
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in fp32; targets < 0 are ignored."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -87,10 +94,10 @@ class Trainer:
         track = self.is_log_step(step) and hasattr(self.model, "track_eigenvalues")
         if track:
             self.model.track_eigenvalues(True)
-        total_loss, eig_stats = 0.0, {}
+        total_loss, eig_stats, tokens = 0.0, {}, 0
         for micro in range(train.grad_accum_steps):
-            batch = next(self.data).to(self.device, non_blocking=True)  # [B, T + 1]
-            inputs, targets = batch[:, :-1], batch[:, 1:]
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in split_batch(next(self.data)))
+            tokens += inputs.numel()
             with self.autocast():
                 logits = self.model(inputs)
             loss = lm_loss(logits, targets) / train.grad_accum_steps
@@ -106,7 +113,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step
-        self.tokens_seen += train.micro_batch_size * train.grad_accum_steps * train.seq_len * self.world_size
+        self.tokens_seen += tokens * self.world_size
         result = StepResult(step=step, loss=total_loss, grad_norm=grad_norm, lr=lr, tokens=self.tokens_seen,
                             step_time=time.perf_counter() - start)
         result.extra.update(eig_stats)
@@ -118,9 +125,9 @@ class Trainer:
         self.model.eval()
         losses = []
         for batch in batches:
-            batch = batch.to(self.device)
+            inputs, targets = (t.to(self.device) for t in split_batch(batch))
             with self.autocast():
-                logits = self.model(batch[:, :-1])
-            losses.append(lm_loss(logits, batch[:, 1:]).item())
+                logits = self.model(inputs)
+            losses.append(lm_loss(logits, targets).item())
         self.model.train()
         return sum(losses) / max(1, len(losses))

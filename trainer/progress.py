@@ -11,14 +11,14 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=trainer.stop_step, initial=trainer.step, unit="step", dynamic_ncols=True,
                         mininterval=1.0)
         self._loss = None
+        self._tokens = trainer.tokens_seen
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         # an exponential moving average keeps the displayed loss readable at small batch sizes
         self._loss = result.loss if self._loss is None else 0.9 * self._loss + 0.1 * result.loss
-        tokens_per_step = trainer.cfg.train.micro_batch_size * trainer.cfg.train.grad_accum_steps \
-            * trainer.cfg.train.seq_len * trainer.world_size
-        self.bar.set_postfix(loss=f"{self._loss:.3f}", tok_s=f"{tokens_per_step / result.step_time:,.0f}",
-                             refresh=False)
+        tokens_per_s = (result.tokens - self._tokens) / max(result.step_time, 1e-9)
+        self._tokens = result.tokens
+        self.bar.set_postfix(loss=f"{self._loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         self.bar.update(1)
 
     def on_train_end(self, trainer: Trainer) -> None:

@@ -1,4 +1,5 @@
 """Public entries of the selective scan: input checks, then dispatch to a backend."""
+from ..precision import no_autocast
 from .inputs import check_scan_inputs, check_step_inputs
 from .naive import selective_scan_naive
 from .scan import selective_scan_torch
@@ -25,7 +26,9 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         )
     # "auto" will pick Triton for CUDA tensors once that kernel exists; until then the torch path everywhere.
     impl = selective_scan_naive if backend == "naive" else selective_scan_torch
-    out, last_state = impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, allow_neg_eigval, initial_state)
+    with no_autocast(u):
+        out, last_state = impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, allow_neg_eigval,
+                               initial_state)
     return (out, last_state) if return_last_state else out
 
 
@@ -38,4 +41,5 @@ def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=
     left unchanged.
     """
     check_step_inputs(state, u, delta, A, B, C, D, z, delta_bias)
-    return state_update_torch(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, allow_neg_eigval)
+    with no_autocast(u):
+        return state_update_torch(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, allow_neg_eigval)

@@ -59,8 +59,7 @@ def _bwd(grad_y, grad_last, delta_t, du_t, A, B_t, C_t, h0, a, e, h):
     """Gradients of _fwd's y and last state h[-1] with respect to (delta_t, du_t, A, B_t, C_t, h0)."""
     g = B_t.shape[-2]
     dh = outer_groups(grad_y, C_t)  # [L, batch, d, n]
-    if grad_last is not None:
-        dh[-1] += grad_last
+    dh[-1] += grad_last
     accumulate_state_grads_(a, dh, CHUNK_SIZE)
     grad_h0 = a[0] * dh[0]
     grad_C = contract_channels(h, grad_y, g)  # [L, batch, g, n]
