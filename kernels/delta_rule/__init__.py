@@ -1,13 +1,15 @@
 """Delta rule kernels with fla's layout: one public entry, `chunk_delta_rule`, that checks inputs and dispatches."""
+import os
+
 import torch
 
 from ..precision import no_autocast
 from .chunk import delta_rule_chunk
 from .naive import delta_rule_naive
 
-BACKENDS = ("auto", "torch", "naive", "triton")
+BACKENDS = ("auto", "torch", "naive", "triton", "fla")
 
-__all__ = ["chunk_delta_rule", "delta_rule_naive", "BACKENDS"]
+__all__ = ["chunk_delta_rule", "fused_recurrent_delta_rule", "delta_rule_naive", "BACKENDS"]
 
 
 def _check_inputs(q, k, v, beta, initial_state, cu_seqlens, chunk_size):
@@ -61,6 +63,28 @@ def _check_inputs(q, k, v, beta, initial_state, cu_seqlens, chunk_size):
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}")
 
 
+def _triton_usable(q, backend):
+    """Triton needs CUDA tensors, or CPU ones under the interpreter (how CI tests the kernels)."""
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend={backend!r} runs Triton kernels, which need CUDA tensors (q is on {q.device}); "
+                         "set TRITON_INTERPRET=1 before importing to run them on CPU, or use backend='torch'")
+
+
+def _fla(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel, chunk_size):
+    """fla's chunk_delta_rule, imported on first use, for comparing against a peer inside our models."""
+    _triton_usable(q, "fla")
+    if q.dtype == torch.float32:
+        raise TypeError("backend='fla' needs fp16 or bf16 inputs (fla's chunk_delta_rule refuses fp32); "
+                        "train under bf16 autocast or use backend='triton'")
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule as fla_chunk_delta_rule
+    except ImportError as err:
+        raise ImportError("backend='fla' needs flash-linear-attention: pip install flash-linear-attention") from err
+    return fla_chunk_delta_rule(q, k, v, beta, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, chunk_size=chunk_size)
+
+
 def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                      use_qk_l2norm_in_kernel=False, chunk_size=64, backend="auto"):
     """Delta rule S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T (scale q_t), as fla's op.
@@ -68,17 +92,39 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final
     q, k [B, T, H, K]; v [B, T, H, V]; beta [B, T, H] (values in [0, 2]); initial_state [N, H, K, V] fp32 with
     N = B, or the number of sequences when cu_seqlens [N+1] packs them along T (then B == 1).
     scale defaults to K**-0.5. Computes in fp32; returns o [B, T, H, V] in v's dtype and the fp32 final
-    state [N, H, K, V] if output_final_state, else None. backend: "auto", "torch", "naive" or "triton".
+    state [N, H, K, V] if output_final_state, else None. backend: "auto" (Triton on CUDA tensors, torch on CPU),
+    "torch", "naive", "triton" (K, V <= 128, chunk_size 16, 32 or 64) or "fla" (fla's kernels, fp16/bf16).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _check_inputs(q, k, v, beta, initial_state, cu_seqlens, chunk_size)
-    if backend == "triton":
-        raise NotImplementedError("the Triton delta-rule kernel is not implemented yet; use backend='torch'")
+    args = (q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda and _triton_covers(q, v, chunk_size) else "torch"
     with no_autocast(q):
         if backend == "naive":
-            return delta_rule_naive(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
-                                    use_qk_l2norm_in_kernel)
-        # "auto" will pick Triton for CUDA tensors once that kernel exists; until then the torch path everywhere.
-        return delta_rule_chunk(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
-                                use_qk_l2norm_in_kernel, chunk_size)
+            return delta_rule_naive(*args)
+        if backend == "torch":
+            return delta_rule_chunk(*args, chunk_size)
+        if backend == "fla":
+            return _fla(*args, chunk_size)
+        _triton_usable(q, backend)
+        from .triton_chunk import delta_rule_triton
+        return delta_rule_triton(*args, chunk_size)
+
+
+def _triton_covers(q, v, chunk_size):
+    from .triton_common import CHUNK_SIZES, MAX_HEAD_DIM
+    return max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and chunk_size in CHUNK_SIZES
+
+
+def fused_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False,
+                               cu_seqlens=None, use_qk_l2norm_in_kernel=False):
+    """The delta rule by the fused recurrent Triton kernel (one token loop per head), for decoding and short
+    sequences; arguments and results as `chunk_delta_rule`. Its backward recomputes with the chunked kernels."""
+    _check_inputs(q, k, v, beta, initial_state, cu_seqlens, 64)
+    _triton_usable(q, "triton")
+    from .triton_chunk import delta_rule_triton
+    with no_autocast(q):
+        return delta_rule_triton(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                 use_qk_l2norm_in_kernel, fused=True)

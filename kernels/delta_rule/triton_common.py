@@ -1,0 +1,64 @@
+"""Helpers shared by the delta-rule Triton kernels: autotune configs, block sizes, allocation and chunk indexing."""
+import functools
+import os
+
+import torch
+import triton
+
+MAX_HEAD_DIM = 128
+CHUNK_SIZES = (16, 32, 64)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune(configs, key):
+    """triton.autotune over `configs` on a GPU; only the first under the interpreter (which cannot benchmark)."""
+    return triton.autotune(configs=configs[:1] if interpreting() else configs, key=key)
+
+
+def warps(*counts, stages=(1,)):
+    """Configs with no meta-parameters other than the number of warps and pipeline stages."""
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in counts for s in stages]
+
+
+def block(dim: int, cap: int = 64) -> int:
+    """A power-of-two tile covering `dim` up to `cap` (at least 16, the smallest tl.dot operand)."""
+    return max(16, min(cap, triton.next_power_of_2(dim)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 dots (TF32 would cost ~1e-3 relative); half inputs use tensor cores anyway."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def new_empty(shape, dtype, device) -> torch.Tensor:
+    """Every buffer the kernels fill comes from here, so tests can swap in NaN-filled ones to catch unwritten memory."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _dense_chunks(B: int, T: int, C: int, device: torch.device):
+    nc = triton.cdiv(T, C)
+    cu = torch.arange(0, B + 1, device=device, dtype=torch.int32) * T  # [B+1]
+    i = torch.arange(B * nc, device=device, dtype=torch.int32)
+    indices = torch.stack([i // nc, i % nc], 1).contiguous()  # [NT, 2]: (sequence, chunk within it)
+    offsets = torch.arange(0, B + 1, device=device, dtype=torch.int32) * nc  # [B+1]
+    return cu, indices, offsets
+
+
+def chunk_layout(B: int, T: int, C: int, cu_seqlens, device):
+    """Index tensors for chunking (sequences packed along tokens): cu [N+1] token offsets, indices [NT, 2]
+    (sequence, chunk in sequence) per global chunk, offsets [N+1] first global chunk of each sequence."""
+    if cu_seqlens is None:
+        return _dense_chunks(B, T, C, device)
+    bounds = cu_seqlens.tolist()
+    counts = [triton.cdiv(e - s, C) for s, e in zip(bounds[:-1], bounds[1:])]
+    pairs = [(n, c) for n, count in enumerate(counts) for c in range(count)]
+    starts = [0]
+    for count in counts:
+        starts.append(starts[-1] + count)
+    as_tensor = functools.partial(torch.tensor, dtype=torch.int32, device=device)
+    return as_tensor(bounds), as_tensor(pairs).reshape(-1, 2), as_tensor(starts)
