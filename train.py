@@ -28,6 +28,11 @@ def print_summary(summary) -> None:
         lines.append(f"  validation loss:                              {summary.val_loss:.3f} nats/token")
     if summary.unigram_loss is not None:
         lines.append(f"  unigram model of the corpus (validation):     {summary.unigram_loss:.3f} nats/token")
+    if summary.task_result is not None:
+        r = summary.task_result
+        lengths = list(r["by_length"])
+        lines.append(f"  {r['task']}: accuracy {r['accuracy']:.3f}, scaled {r['scaled_accuracy']:.3f} (chance "
+                     f"{r['chance']:.3f}) at lengths {lengths[0]}-{lengths[-1]}")
     if summary.sample is not None:
         lines.append(f"  greedy sample: {summary.sample!r}")
     print("\n".join(lines))

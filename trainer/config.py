@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from data.config import DataConfig
+from data.state_tracking.config import TaskConfig
 from model.config import ModelConfig
 
 
@@ -127,6 +128,7 @@ class Config:
     out_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)  # a state-tracking task instead of language modelling
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -11,9 +11,9 @@ import torch
 from . import checkpoint as ckpt
 from .checkpointing import CheckpointSaver, restore_training_state
 from .config import Config, ConfigError, save_config
-from .evaluation import ValidationLoss
+from .evaluation import TaskAccuracy, ValidationLoss
 from .loop import Trainer
-from .metrics import METRICS_FILE, MetricsLogger
+from .metrics import METRICS_FILE, MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler
 from .plots import LossPlot
 from .progress import ProgressBar
@@ -26,6 +26,7 @@ class RunSummary:
     final_loss: float | None
     val_loss: float | None
     unigram_loss: float | None
+    task_result: dict | None  # state-tracking accuracy at the end (eval.state_tracking.evaluate_task)
     plot: Path | None
     sample: str | None
 
@@ -58,8 +59,38 @@ def resume_source(cfg: Config, out_dir: Path, log) -> Path | None:
     return ckpt.resolve(mode)
 
 
-def train(cfg: Config, log=print) -> RunSummary:
+def build_lm_data(cfg: Config):
+    """Tokenizer, packed training stream, validation-loss callback and unigram baseline for language modelling."""
     from data import PackedBatches, check_vocab, eval_batches, load_tokenizer, unigram_loss
+
+    tokenizer = load_tokenizer(cfg.data)
+    check_vocab(tokenizer, cfg.model.vocab_size)
+    data = PackedBatches(cfg.data, tokenizer, seq_len=cfg.train.seq_len, batch_size=cfg.train.micro_batch_size,
+                         seed=cfg.seed)
+    validation = None
+    if cfg.data.eval_dataset:
+        validation = ValidationLoss(eval_batches(cfg.data, tokenizer, cfg.train.seq_len,
+                                                 cfg.train.micro_batch_size, cfg.train.eval_batches),
+                                    cfg.train.eval_every)
+    baseline = unigram_loss(cfg.data, tokenizer) if cfg.log.unigram_baseline else None
+    return tokenizer, data, validation, baseline
+
+
+def build_task_data(cfg: Config):
+    """The state-tracking task's training stream and its length-generalisation accuracy callback."""
+    from data.state_tracking import TaskBatches, fixed_eval_set, get_task
+
+    task = get_task(cfg.task.name, **cfg.task.options())
+    if task.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than task {task.name}'s vocabulary "
+                          f"({task.vocab_size} ids); set model.vocab_size={task.vocab_size}")
+    data = TaskBatches(task, cfg.train.micro_batch_size, cfg.task.min_len, cfg.task.max_len, cfg.seed)
+    batches = fixed_eval_set(task, cfg.task.eval_samples, cfg.task.eval_min_len, cfg.task.eval_max_len,
+                             cfg.task.eval_seed)
+    return data, TaskAccuracy(task, batches, cfg.train.eval_every)
+
+
+def train(cfg: Config, log=print) -> RunSummary:
     from model import build_model
 
     out_dir = Path(cfg.out_dir)
@@ -69,10 +100,11 @@ def train(cfg: Config, log=print) -> RunSummary:
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
 
-    tokenizer = load_tokenizer(cfg.data)
-    check_vocab(tokenizer, cfg.model.vocab_size)
-    data = PackedBatches(cfg.data, tokenizer, seq_len=cfg.train.seq_len, batch_size=cfg.train.micro_batch_size,
-                         seed=cfg.seed)
+    tokenizer = baseline = None
+    if cfg.task.name:
+        data, evaluation = build_task_data(cfg)
+    else:
+        tokenizer, data, evaluation, baseline = build_lm_data(cfg)
     model = build_model(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.optim, cfg.train.lr)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.warmup_steps, cfg.train.max_steps)
@@ -83,17 +115,9 @@ def train(cfg: Config, log=print) -> RunSummary:
     log(f"model: {cfg.model.mixer}, allow_neg_eigval={cfg.model.allow_neg_eigval}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; device {device}")
 
-    baseline = None
-    if cfg.log.unigram_baseline:
-        baseline = unigram_loss(cfg.data, tokenizer)
-    validation = None
-    if cfg.data.eval_dataset:
-        validation = ValidationLoss(eval_batches(cfg.data, tokenizer, cfg.train.seq_len,
-                                                 cfg.train.micro_batch_size, cfg.train.eval_batches),
-                                    cfg.train.eval_every)
     saver = CheckpointSaver(out_dir / "checkpoints", cfg.train.save_every, cfg.log.keep_last_n, log=log)
     plot = LossPlot(out_dir, baseline) if cfg.log.plot else None
-    callbacks = [validation, MetricsLogger(out_dir, cfg.log.tensorboard),
+    callbacks = [evaluation, MetricsLogger(out_dir, cfg.log.tensorboard),
                  ProgressBar() if cfg.log.progress_bar else None, saver, plot]
     trainer.callbacks = [c for c in callbacks if c is not None]
     if trainer.step < trainer.stop_step:
@@ -101,16 +125,14 @@ def train(cfg: Config, log=print) -> RunSummary:
     else:
         log(f"nothing to do: the checkpoint is at step {trainer.step}, the stop step is {trainer.stop_step}")
 
-    from .metrics import read_metrics
-
     losses = [r["loss"] for r in read_metrics(out_dir / METRICS_FILE) if "loss" in r]
     sample = None
-    if cfg.log.sample_tokens and hasattr(model, "generate"):
-        prompt = tokenizer.encode(cfg.log.sample_prompt)
-        ids = torch.tensor([prompt], device=device)
-        out = model.generate(ids, max_new_tokens=cfg.log.sample_tokens, temperature=0.0)
-        sample = tokenizer.decode(out[0].tolist())
+    if cfg.log.sample_tokens and tokenizer is not None:
+        prompt = torch.tensor([tokenizer.encode(cfg.log.sample_prompt)], device=device)
+        sample = tokenizer.decode(model.generate(prompt, max_new_tokens=cfg.log.sample_tokens)[0].tolist())
+    last_eval = evaluation.last if evaluation is not None else None
     return RunSummary(out_dir=out_dir, last_checkpoint=saver.last_saved or source,
                       final_loss=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
-                      val_loss=validation.last if validation else None, unigram_loss=baseline,
+                      val_loss=last_eval if isinstance(last_eval, float) else None, unigram_loss=baseline,
+                      task_result=last_eval if isinstance(last_eval, dict) else None,
                       plot=plot.path if plot else None, sample=sample)

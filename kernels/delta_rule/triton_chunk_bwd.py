@@ -14,10 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import autotune, block, dot_precision, new_empty, warps
+from .triton_common import CHUNK_TILES, autotune, block, dot_precision, new_empty, warps
 
 
-@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BV"])
+@autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
 @triton.jit
 def _recompute_bwd_kernel(q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, scale, H: tl.constexpr,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -59,7 +59,7 @@ def _recompute_bwd_kernel(q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, sca
     tl.store(dvl + row_v + o_tv, tl.dot(b_Mt, b_do, input_precision=PREC), mask=m_tv)
 
 
-@autotune(warps(2, 4, stages=(1, 2)), key=["H", "K", "V", "BT", "BV"])
+@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BV"])
 @triton.jit
 def _state_bwd_kernel(q, k, W, do, dvl, dUp, dh, dht, dh0, cu, offsets, scale, H: tl.constexpr, K: tl.constexpr,
                       V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr,
@@ -102,7 +102,7 @@ def _state_bwd_kernel(q, k, W, do, dvl, dUp, dh, dht, dh0, cu, offsets, scale, H
         tl.store(dh0 + (i_n * H + i_h).to(tl.int64) * K * V + o_kv, b_dS, mask=m_kv)
 
 
-@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BK"])
+@autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
 @triton.jit
 def _dqk_bwd_kernel(q, k, h, dh, do, Up, dUp, dq, dk, dw, cu, indices, scale, H: tl.constexpr, K: tl.constexpr,
                     V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
@@ -147,7 +147,7 @@ def _dqk_bwd_kernel(q, k, h, dh, do, Up, dUp, dq, dk, dw, cu, indices, scale, H:
     tl.store(dw + row_k + o_tk, b_dw, mask=m_tk)
 
 
-@autotune(warps(4, 8), key=["H", "K", "V", "BT"])
+@autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
 @triton.jit
 def _wy_bwd_kernel(k, v, beta, Tm, dw, dUp, dkp, dk, dv, dbeta, cu, indices, H: tl.constexpr, K: tl.constexpr,
                    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
@@ -211,17 +211,16 @@ def chunk_bwd(q, k, v, beta, Tm, h, do, dht, scale, has_h0, layout, chunk_size, 
     V = v.shape[-1]
     cu, indices, offsets = layout
     N, NT, BT = cu.numel() - 1, indices.shape[0], chunk_size
-    BK, BV = block(K), block(V)
     dev, dt = q.device, q.dtype
     dims = dict(H=H, K=K, V=V, BT=BT, PREC=dot_precision(dt))
     do = do.contiguous()
 
     W, Up = new_empty((B, T, H, K), dt, dev), new_empty((B, T, H, V), dt, dev)
     dvl = new_empty((B, T, H, V), torch.float32, dev)
-    _recompute_bwd_kernel[(triton.cdiv(V, BV), NT, H)](
-        q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, scale, BK=BK, BV=BV, **dims)
+    _recompute_bwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, H)](
+        q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, scale, **dims)
 
-    BKS, BVS = block(K, 128), block(V, 32)
+    BKS, BVS = block(K, 128), block(V, 32)  # all of K in registers, as in the forward state kernel
     dh = new_empty((NT, H, K, V), dt, dev)
     dUp = new_empty((B, T, H, V), dt, dev)
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if has_h0 else None
@@ -231,10 +230,10 @@ def chunk_bwd(q, k, v, beta, Tm, h, do, dht, scale, has_h0, layout, chunk_size, 
 
     dq = new_empty((B, T, H, K), dqk_dtype, dev)
     dkp, dw = new_empty((B, T, H, K), torch.float32, dev), new_empty((B, T, H, K), torch.float32, dev)
-    _dqk_bwd_kernel[(triton.cdiv(K, BK), NT, H)](
-        q, k, h, dh, do, Up, dUp, dq, dkp, dw, cu, indices, scale, BK=BK, BV=BV, **dims)
+    _dqk_bwd_kernel[lambda meta: (triton.cdiv(K, meta["BK"]), NT, H)](
+        q, k, h, dh, do, Up, dUp, dq, dkp, dw, cu, indices, scale, **dims)
 
     dk = new_empty((B, T, H, K), dqk_dtype, dev)
     dv, dbeta = new_empty((B, T, H, V), v.dtype, dev), new_empty((B, T, H), beta.dtype, dev)
-    _wy_bwd_kernel[(NT, H)](k, v, beta, Tm, dw, dUp, dkp, dk, dv, dbeta, cu, indices, BK=BK, BV=BV, **dims)
+    _wy_bwd_kernel[(NT, H)](k, v, beta, Tm, dw, dUp, dkp, dk, dv, dbeta, cu, indices, **dims)
     return dq, dk, dv, dbeta, dh0

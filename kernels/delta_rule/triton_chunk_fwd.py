@@ -14,10 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import autotune, block, dot_precision, new_empty, warps
+from .triton_common import CHUNK_TILES, autotune, block, dot_precision, new_empty, warps
 
 
-@autotune(warps(2, 4, 8), key=["H", "K", "V", "BT"])
+@autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
 @triton.jit
 def _wy_fwd_kernel(k, v, beta, Tm, W, U, cu, indices, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
@@ -67,7 +67,7 @@ def _wy_fwd_kernel(k, v, beta, Tm, W, U, cu, indices, H: tl.constexpr, K: tl.con
         tl.store(p_u + o_tv, b_u.to(U.dtype.element_ty), mask=m_tv)
 
 
-@autotune(warps(2, 4, stages=(1, 2)), key=["H", "K", "V", "BT", "BV"])
+@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BV"])
 @triton.jit
 def _state_fwd_kernel(k, W, U, h, Up, h0, ht, cu, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr,
@@ -103,7 +103,7 @@ def _state_fwd_kernel(k, W, U, h, Up, h0, ht, cu, offsets, H: tl.constexpr, K: t
         tl.store(ht + (i_n * H + i_h).to(tl.int64) * K * V + o_kv, b_S, mask=m_kv)
 
 
-@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BV"])
+@autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
 @triton.jit
 def _output_fwd_kernel(q, k, h, Up, o, cu, indices, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
@@ -146,15 +146,14 @@ def chunk_fwd(q, k, v, beta, scale, initial_state, output_final_state, layout, c
     V = v.shape[-1]
     cu, indices, offsets = layout
     N, NT, BT = cu.numel() - 1, indices.shape[0], chunk_size
-    BK, BV = block(K), block(V)
     dev, dt, prec = q.device, q.dtype, dot_precision(q.dtype)
     dims = dict(H=H, K=K, V=V, BT=BT, PREC=prec)
 
     Tm = new_empty((B, T, H, BT), torch.float32, dev)
     W, U = new_empty((B, T, H, K), dt, dev), new_empty((B, T, H, V), dt, dev)
-    _wy_fwd_kernel[(NT, H)](k, v, beta, Tm, W, U, cu, indices, BK=BK, BV=BV, **dims)
+    _wy_fwd_kernel[(NT, H)](k, v, beta, Tm, W, U, cu, indices, **dims)
 
-    BKS, BVS = block(K, 128), block(V, 32)  # the state kernel holds all of K in registers
+    BKS, BVS = block(K, 128), block(V, 32)  # the state kernel holds all of K in registers: [BKS, BVS] fp32
     h = new_empty((NT, H, K, V), dt, dev)
     Up = new_empty((B, T, H, V), dt, dev)
     ht = new_empty((N, H, K, V), torch.float32, dev) if output_final_state else None
@@ -165,5 +164,6 @@ def chunk_fwd(q, k, v, beta, scale, initial_state, output_final_state, layout, c
     o = None
     if need_output:
         o = new_empty((B, T, H, V), v.dtype, dev)
-        _output_fwd_kernel[(triton.cdiv(V, BV), NT, H)](q, k, h, Up, o, cu, indices, scale, BK=BK, BV=BV, **dims)
+        _output_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, H)](q, k, h, Up, o, cu, indices, scale,
+                                                                             **dims)
     return o, ht, Tm, h

@@ -15,7 +15,7 @@ from .triton_common import autotune, block, chunk_layout, new_empty, warps
 BACKWARD_CHUNK = 64
 
 
-@autotune(warps(1, 2, 4), key=["H", "K", "V", "BV"])
+@autotune(warps(2, 4), key=["H", "K", "V", "BV"])
 @triton.jit
 def _fused_recurrent_fwd_kernel(q, k, v, beta, o, h0, ht, cu, scale, H: tl.constexpr, K: tl.constexpr,
                                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr,

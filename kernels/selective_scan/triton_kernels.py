@@ -7,6 +7,7 @@ exactly 0 and exactly -1 included, are handled exactly (no logarithms of decays,
 The forward saves the state entering every CKPT_T steps; the backward walks the chunks in reverse, rebuilds a
 chunk's states from its saved entry state and runs the reverse scan dh_t = g_t + a_{t+1} dh_{t+1}.
 Shifted quantities (h_{t-1}, a_{t+1}) come from loads at shifted offsets: register tiles cannot be shifted.
+Every [batch, d, L] and [batch, groups, n, L] tensor has unit stride along L (the host makes it so).
 """
 import triton
 import triton.language as tl
@@ -28,13 +29,21 @@ def _softplus(x):
 
 
 @triton.jit
+def _compact(x):
+    """x [M, N] unchanged, computed once per element. A reduction stops Triton from rematerializing the ops that
+    produce x in the layout of the 3D tiles x is broadcast into, which would repeat them in each of the threads
+    that share an element (16 times for n = 16): compiled for sm_90 this cuts the forward's instructions by 30%."""
+    return tl.sum(x[:, :, None], 2)
+
+
+@triton.jit
 def _load_delta(p, mask, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """delta (+ delta_bias) at pointers p [BLOCK_D, BLOCK_T]; returns (the step size used, the pre-softplus value)."""
     b_raw = tl.load(p, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         b_raw += b_bias[:, None]
     if SOFTPLUS:
-        return _softplus(b_raw), b_raw
+        return _compact(_softplus(b_raw)), b_raw
     return b_raw, b_raw
 
 
@@ -48,14 +57,14 @@ def _decay(b_delta, b_A, NEG: tl.constexpr):
 
 
 @triton.jit
-def _load_bc(p, o_t, s_t, m_d, m_nt, BLOCK_D: tl.constexpr):
+def _load_bc(p, o_t, m_d, m_nt, BLOCK_D: tl.constexpr):
     """B or C of this program's group at steps o_t, repeated over its channels: [BLOCK_D, BLOCK_N, BLOCK_T] fp32.
 
     Loading 3D (the repeats hit L1) rather than broadcasting a 2D load makes Triton keep runs of consecutive
     steps within a thread for everything computed from it, so most of each scan is sequential in-thread work
     instead of lane shuffles.
     """
-    p2 = p + o_t[None, :] * s_t  # [BLOCK_N, BLOCK_T]
+    p2 = p + o_t[None, :]  # [BLOCK_N, BLOCK_T]
     p3 = tl.broadcast_to(p2[None, :, :], (BLOCK_D, p2.shape[0], p2.shape[1]))
     return tl.load(p3, mask=m_d[:, None, None] & m_nt[None, :, :], other=0.0).to(tl.float32)
 
@@ -63,13 +72,14 @@ def _load_bc(p, o_t, s_t, m_d, m_nt, BLOCK_D: tl.constexpr):
 @triton.jit
 def selective_scan_fwd_kernel(
     u, delta, A, B, C, D, z, delta_bias, h0, out, last, ckpt,
-    s_ub, s_ud, s_ut, s_db, s_dd, s_dt, s_Bb, s_Bg, s_Bn, s_Bt, s_Cb, s_Cg, s_Cn, s_Ct, s_zb, s_zd, s_zt,
+    s_ub, s_ud, s_db, s_dd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_zb, s_zd,
     dim, n, L, group_dim, n_ckpt,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, NEG: tl.constexpr, SAVE_CKPT: tl.constexpr, CKPT_T: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """out [b, d, L] (u's dtype, contiguous), last [b, d, n] fp32, ckpt [b, n_ckpt, d, n] fp32 (if SAVE_CKPT)."""
+    tl.static_assert(CKPT_T % BLOCK_T == 0, "forward chunks must divide the checkpoint spacing")
     i_blk, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     blocks_per_group = tl.cdiv(group_dim, BLOCK_D)
     i_g = i_blk // blocks_per_group
@@ -103,10 +113,10 @@ def selective_scan_fwd_kernel(
         m_t = o_t < L
         m_dt = m_d[:, None] & m_t[None, :]
         m_nt = m_n[:, None] & m_t[None, :]
-        b_delta, _ = _load_delta(p_delta + o_t[None, :] * s_dt, m_dt, b_bias, HAS_BIAS, SOFTPLUS)
-        b_u = tl.load(p_u + o_t[None, :] * s_ut, mask=m_dt, other=0.0).to(tl.float32)
-        b_B = _load_bc(p_B, o_t, s_Bt, m_d, m_nt, BLOCK_D)  # [BLOCK_D, BLOCK_N, BLOCK_T]
-        b_C = _load_bc(p_C, o_t, s_Ct, m_d, m_nt, BLOCK_D)
+        b_delta, _ = _load_delta(p_delta + o_t[None, :], m_dt, b_bias, HAS_BIAS, SOFTPLUS)
+        b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        b_B = _load_bc(p_B, o_t, m_d, m_nt, BLOCK_D)  # [BLOCK_D, BLOCK_N, BLOCK_T]
+        b_C = _load_bc(p_C, o_t, m_d, m_nt, BLOCK_D)
         _, b_a = _decay(b_delta, b_A, NEG)
         b_a = tl.where(m_t[None, None, :], b_a, 1.0)  # steps past L keep the state, so the last column is final
         b_ac, b_xc = tl.associative_scan((b_a, (b_delta * b_u)[:, None, :] * b_B), 2, _compose)
@@ -115,7 +125,7 @@ def selective_scan_fwd_kernel(
         if HAS_D:
             b_y += b_u * b_D[:, None]
         if HAS_Z:
-            b_z = tl.load(z + o_z + o_t[None, :] * s_zt, mask=m_dt, other=0.0).to(tl.float32)
+            b_z = tl.load(z + o_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
             b_y *= b_z * tl.sigmoid(b_z)
         tl.store(p_out + o_t[None, :], b_y.to(out.dtype.element_ty), mask=m_dt)
         b_h = tl.sum(tl.where(o_j[None, None, :] == BLOCK_T - 1, b_hs, 0.0), 2)
@@ -126,7 +136,7 @@ def selective_scan_fwd_kernel(
 def selective_scan_bwd_kernel(
     u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast,
     du, ddelta, dz, dB, dC, dA, dD, dbias, dh0,
-    s_ub, s_ud, s_ut, s_db, s_dd, s_dt, s_Bb, s_Bg, s_Bn, s_Bt, s_Cb, s_Cg, s_Cn, s_Ct, s_zb, s_zd, s_zt,
+    s_ub, s_ud, s_db, s_dd, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_zb, s_zd,
     dim, n, L, group_dim, groups, n_ckpt,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, NEG: tl.constexpr,
@@ -171,10 +181,10 @@ def selective_scan_bwd_kernel(
         m_nt = m_n[:, None] & m_t[None, :]
         # States h_{t-1}: scan the previous steps' pairs from the saved state entering the chunk.
         m_prev = m_t & (o_j > 0)
-        b_delta_p, _ = _load_delta(p_delta + (o_t - 1)[None, :] * s_dt, m_d[:, None] & m_prev[None, :], b_bias,
+        b_delta_p, _ = _load_delta(p_delta + (o_t - 1)[None, :], m_d[:, None] & m_prev[None, :], b_bias,
                                    HAS_BIAS, SOFTPLUS)
-        b_u_p = tl.load(p_u + (o_t - 1)[None, :] * s_ut, mask=m_d[:, None] & m_prev[None, :], other=0.0)
-        b_B_p = tl.load(p_B + (o_t - 1)[None, :] * s_Bt, mask=m_n[:, None] & m_prev[None, :], other=0.0)
+        b_u_p = tl.load(p_u + (o_t - 1)[None, :], mask=m_d[:, None] & m_prev[None, :], other=0.0)
+        b_B_p = tl.load(p_B + (o_t - 1)[None, :], mask=m_n[:, None] & m_prev[None, :], other=0.0)
         _, b_a_p = _decay(b_delta_p, b_A, NEG)
         b_a_p = tl.where(m_prev[None, None, :], b_a_p, 1.0)
         b_x_p = (b_delta_p * b_u_p.to(tl.float32))[:, None, :] * b_B_p.to(tl.float32)[None, :, :]
@@ -182,17 +192,17 @@ def selective_scan_bwd_kernel(
         b_h0 = tl.load(ckpt + (i_b * n_ckpt + i_c) * dim * n + o_dn, mask=m_dn, other=0.0)
         b_hp = b_ap * b_h0[:, :, None] + b_xp  # [BLOCK_D, BLOCK_N, BLOCK_T]: h_{t-1}
 
-        b_delta, b_raw = _load_delta(p_delta + o_t[None, :] * s_dt, m_dt, b_bias, HAS_BIAS, SOFTPLUS)
-        b_u = tl.load(p_u + o_t[None, :] * s_ut, mask=m_dt, other=0.0).to(tl.float32)
-        b_B = _load_bc(p_B, o_t, s_Bt, m_d, m_nt, BLOCK_D)  # [BLOCK_D, BLOCK_N, BLOCK_T]
-        b_C = _load_bc(p_C, o_t, s_Ct, m_d, m_nt, BLOCK_D)
+        b_delta, b_raw = _load_delta(p_delta + o_t[None, :], m_dt, b_bias, HAS_BIAS, SOFTPLUS)
+        b_u = tl.load(p_u + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        b_B = _load_bc(p_B, o_t, m_d, m_nt, BLOCK_D)  # [BLOCK_D, BLOCK_N, BLOCK_T]
+        b_C = _load_bc(p_C, o_t, m_d, m_nt, BLOCK_D)
         b_e, b_a = _decay(b_delta, b_A, NEG)
         b_du = b_delta * b_u
         b_h = b_a * b_hp + b_du[:, None, :] * b_B  # h_t
 
         b_g = tl.load(dout + o_out + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
         if HAS_Z:
-            b_z = tl.load(z + o_z + o_t[None, :] * s_zt, mask=m_dt, other=0.0).to(tl.float32)
+            b_z = tl.load(z + o_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
             b_sig = tl.sigmoid(b_z)
             b_y = tl.sum(b_h * b_C, 1)
             if HAS_D:
@@ -205,7 +215,7 @@ def selective_scan_bwd_kernel(
 
         # dh_t = g_t C_t + a_{t+1} dh_{t+1}, as a reverse scan over (a_{t+1}, g_t C_t) ending in the carry.
         m_next = (o_j < BLOCK_T - 1) & (o_t + 1 < L)
-        b_delta_n, _ = _load_delta(p_delta + (o_t + 1)[None, :] * s_dt, m_d[:, None] & m_next[None, :], b_bias,
+        b_delta_n, _ = _load_delta(p_delta + (o_t + 1)[None, :], m_d[:, None] & m_next[None, :], b_bias,
                                    HAS_BIAS, SOFTPLUS)
         _, b_a_n = _decay(b_delta_n, b_A, NEG)
         b_a_n = tl.where(m_next[None, None, :], b_a_n, 1.0)

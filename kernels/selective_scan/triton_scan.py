@@ -16,36 +16,37 @@ from .triton_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Steps per backward chunk, so also the spacing of the states the forward saves. The interpreter runs
 # tl.associative_scan element by element, so small chunks waste less on padding past L there.
-CKPT_T = 16 if INTERPRET else 64
-# Largest register tile BLOCK_D * BLOCK_N * BLOCK_T per warp count (beyond it the kernels spill).
-TILE_LIMIT = {1: 1 << 30, 4: 2048, 8: 4096}
+CKPT_T = 16 if INTERPRET else 32
+# (BLOCK_D, BLOCK_T, num_warps) for n = 16, picked from sm_90 compiles (ptxas registers and SASS instructions
+# per state element; no spills): 4 to 8 elements of each tile per thread. Forward chunks must divide CKPT_T.
+FWD_SHAPES = [(2, 32, 4), (4, 16, 4), (8, 16, 8), (4, 32, 8)]
+BWD_SHAPES = [(1, CKPT_T, 4), (2, CKPT_T, 4), (2, CKPT_T, 8), (4, CKPT_T, 8)]
 
 
 def _configs(shapes):
-    """(BLOCK_D, BLOCK_T, num_warps) triples as triton Configs; the interpreter takes a single small one."""
+    """Triton configs for a GPU; the interpreter gets one small config (it cannot autotune)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_D": 4, "BLOCK_T": CKPT_T}, num_warps=1)]
     return [triton.Config({"BLOCK_D": d, "BLOCK_T": t}, num_warps=w) for d, t, w in shapes]
 
 
 def _fitting(configs, named_args, **kwargs):
-    """Drop configs whose tile is too big for this n or whose channel block exceeds the group; keep at least one."""
+    """Scale each config's channel block to this call's n (the shapes assume n = 16), within one group."""
     block_n, group_dim = kwargs["BLOCK_N"], named_args["group_dim"]
-
-    def tile(c):
-        return c.kwargs["BLOCK_D"] * block_n * c.kwargs["BLOCK_T"]
-
-    fit = [c for c in configs if tile(c) <= TILE_LIMIT[c.num_warps] and c.kwargs["BLOCK_D"] <= max(group_dim, 1)]
-    return fit or [min(configs, key=tile)]
+    fitted = {}
+    for c in configs:
+        block_d = max(1, min(c.kwargs["BLOCK_D"] * 16 // block_n, triton.next_power_of_2(group_dim)))
+        key = (block_d, c.kwargs["BLOCK_T"], c.num_warps)
+        fitted.setdefault(key, triton.Config({"BLOCK_D": block_d, "BLOCK_T": key[1]}, num_warps=key[2]))
+    return list(fitted.values())
 
 
 _fwd_kernel = triton.autotune(
-    configs=_configs([(4, 32, 4), (2, 64, 4), (8, 32, 8), (4, 64, 8)]),
-    key=["dim", "n", "group_dim"], prune_configs_by={"early_config_prune": _fitting},
+    configs=_configs(FWD_SHAPES), key=["dim", "n", "group_dim"], prune_configs_by={"early_config_prune": _fitting},
 )(selective_scan_fwd_kernel)
 _bwd_kernel = triton.autotune(
-    configs=_configs([(1, CKPT_T, 4), (2, CKPT_T, 4), (2, CKPT_T, 8), (4, CKPT_T, 8)]),
-    key=["dim", "n", "group_dim"], prune_configs_by={"early_config_prune": _fitting}, reset_to_zero=["dB", "dC"],
+    configs=_configs(BWD_SHAPES), key=["dim", "n", "group_dim"], prune_configs_by={"early_config_prune": _fitting},
+    reset_to_zero=["dB", "dC"],  # accumulated atomically: zero them before each timed run
 )(selective_scan_bwd_kernel)
 
 
@@ -59,17 +60,17 @@ def _as_groups(x):
     return x if x.dim() == 4 else x.unsqueeze(1)
 
 
-def _strides(*tensors):
-    """Strides of [batch, d, L] tensors ([batch, groups, n, L] for B and C), zeros for absent ones."""
-    out = []
-    for t, rank in tensors:
-        out += list(t.stride()) if t is not None else [0] * rank
-    return out
+def _time_contiguous(x):
+    """The kernels read every sequence with unit stride along L (the last axis)."""
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
 def _launch_args(u, delta, B4, C4, z):
+    """Strides of all axes but the last (zeros for an absent z), then d, L and the channels per group."""
+    strides = [*u.stride()[:2], *delta.stride()[:2], *B4.stride()[:3], *C4.stride()[:3]]
+    strides += z.stride()[:2] if z is not None else [0, 0]
     dim, L = u.shape[1:]
-    return _strides((u, 3), (delta, 3), (B4, 4), (C4, 4), (z, 3)), dim, L, dim // B4.shape[1]
+    return strides, dim, L, dim // B4.shape[1]
 
 
 def _grid(batch, dim, groups):
@@ -149,9 +150,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                         "use backend='torch' for fp64")
     if u.device.type != "cuda" and not INTERPRET:
         raise ValueError(f"selective_scan_fn(backend='triton') needs CUDA tensors; got {u.device}. On CPU use "
-                         "backend='torch', or set TRITON_INTERPRET=1 before triton is imported to interpret the kernels")
-    A, D, delta_bias = (t.contiguous() if t is not None else None for t in (A, D, delta_bias))
-    h0 = initial_state.contiguous() if initial_state is not None else None
+                         "backend='torch', or set TRITON_INTERPRET=1 before importing triton to interpret the kernels")
+    u, delta, B, C, z = (_time_contiguous(t) for t in (u, delta, B, C, z))
+    A, D, delta_bias, h0 = (t.contiguous() if t is not None else None for t in (A, D, delta_bias, initial_state))
     inputs = (u, delta, A, B, C, D, z, delta_bias, h0)
     save_ckpt = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     return SelectiveScanTriton.apply(*inputs, delta_softplus, allow_neg_eigval, save_ckpt)
