@@ -70,7 +70,7 @@ def scan_fns(inputs, scan):
     return fwd, fwd_bwd
 
 
-def gpu_scan_rows(shapes, dtypes):
+def gpu_scan_rows(cases):
     from triton.testing import do_bench
 
     peak = peak_bandwidth()
@@ -84,24 +84,21 @@ def gpu_scan_rows(shapes, dtypes):
     print(f"{'shape (b, d, n, L)':24} {'dtype':9} {'pass':8} {'triton':>8} {'torch':>8} {'speedup':>8} "
           f"{'GB/s':>7} {'% peak':>7}" + (f" {'mamba_ssm':>10}" if mamba_scan else ""))
     scan_ms = {}
-    for batch, dim, n, L in shapes:
-        for dtype in dtypes:
-            inputs = mamba_inputs(batch, dim, n, L, dtype, "cuda")
-            flags = dict(delta_softplus=True)
-            ours = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, **flags, allow_neg_eigval=True,
-                                                                    backend="triton"))
-            ref = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, **flags, allow_neg_eigval=True,
-                                                                   backend="torch"))
-            theirs = scan_fns(inputs, lambda **kw: mamba_scan(**kw, **flags)) if mamba_scan else None
-            for i, name in enumerate(("fwd", "fwd+bwd")):
-                t_ours = do_bench(ours[i], return_mode="median")
-                t_ref = do_bench(ref[i], return_mode="median")
-                rate = io_bytes(inputs, backward=i == 1) / (t_ours * 1e-3)
-                pct = f"{100 * rate / peak:6.1f}%" if peak else "     ?"
-                extra = f" {do_bench(theirs[i], return_mode='median'):10.3f}" if theirs else ""
-                print(f"{str((batch, dim, n, L)):24} {str(dtype)[6:]:9} {name:8} {t_ours:8.3f} {t_ref:8.3f} "
-                      f"{t_ref / t_ours:7.1f}x {rate / 1e9:7.0f} {pct}" + extra)
-                scan_ms[(batch, dim, n, L, dtype, name)] = t_ours
+    for (batch, dim, n, L), dtype in cases:
+        inputs = mamba_inputs(batch, dim, n, L, dtype, "cuda")
+        flags = dict(delta_softplus=True)
+        ours = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, **flags, allow_neg_eigval=True, backend="triton"))
+        ref = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, **flags, allow_neg_eigval=True, backend="torch"))
+        theirs = scan_fns(inputs, lambda **kw: mamba_scan(**kw, **flags)) if mamba_scan else None
+        for i, name in enumerate(("fwd", "fwd+bwd")):
+            t_ours = do_bench(ours[i], return_mode="median")
+            t_ref = do_bench(ref[i], return_mode="median")
+            rate = io_bytes(inputs, backward=i == 1) / (t_ours * 1e-3)
+            pct = f"{100 * rate / peak:6.1f}%" if peak else "     ?"
+            extra = f" {do_bench(theirs[i], return_mode='median'):10.3f}" if theirs else ""
+            print(f"{str((batch, dim, n, L)):24} {str(dtype)[6:]:9} {name:8} {t_ours:8.3f} {t_ref:8.3f} "
+                  f"{t_ref / t_ours:7.1f}x {rate / 1e9:7.0f} {pct}" + extra)
+            scan_ms[(batch, dim, n, L, dtype, name)] = t_ours
     return scan_ms
 
 
@@ -110,8 +107,8 @@ def gpu_conv_rows(shapes, dtype, scan_ms):
     from triton.testing import do_bench
 
     peak = peak_bandwidth()
-    print(f"\nshort causal depthwise conv (kernel 4) + SiLU via torch conv1d, {str(dtype)[6:]}: time and share of "
-          "(conv + scan); GB/s counts x and y (+ dy and dx for fwd+bwd)")
+    print(f"\nshort causal depthwise conv (kernel 4) + SiLU, torch conv1d, {str(dtype)[6:]}: time, share of "
+          "conv + scan,\nGB/s of x and y (+ dy and dx for fwd+bwd)")
     print(f"{'shape (b, d, n, L)':24} {'pass':8} {'conv ms':>8} {'scan ms':>8} {'conv share':>11} {'GB/s':>7} "
           f"{'% peak':>7}")
     for batch, dim, n, L in shapes:
@@ -187,7 +184,8 @@ def main():
             sys.exit("TRITON_INTERPRET=1 is set: unset it to time the compiled kernels on the GPU")
         shapes = [(2, 2048, 16, 2048)] if args.quick else \
             [(2, 1536, 16, 2048), (2, 2048, 16, 2048), (2, 2048, 16, 4096), (2, 2048, 16, 8192)]
-        scan_ms = gpu_scan_rows(shapes, [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float32])
+        fp32 = [] if args.quick else [((2, 2048, 16, 4096), torch.float32)]
+        scan_ms = gpu_scan_rows([(shape, torch.bfloat16) for shape in shapes] + fp32)
         gpu_conv_rows(shapes, torch.bfloat16, scan_ms)
     else:
         print("no CUDA device: the Triton kernels are not timed (the interpreter is for correctness only)")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 MIXERS = ("deltanet", "mamba", "attention", "lstm")
-KERNEL_BACKENDS = ("auto", "torch", "naive", "triton")
+KERNEL_BACKENDS = ("auto", "torch", "naive", "triton", "fla")
 
 
 def _choice_error(key: str, value, allowed: tuple[str, ...]) -> ValueError:
@@ -79,6 +79,9 @@ class ModelConfig:
             raise _choice_error("model.mixer", self.mixer, MIXERS)
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise _choice_error("model.kernel_backend", self.kernel_backend, KERNEL_BACKENDS)
+        if self.kernel_backend == "fla" and self.mixer == "mamba":
+            raise ValueError("model.kernel_backend='fla' works only with model.mixer='deltanet' (fla has no selective "
+                             "scan); for model.mixer='mamba' choose auto, torch, naive or triton")
         for key in ("allow_neg_eigval", "mlp", "tie_embeddings", "use_short_conv", "use_output_gate",
                     "mamba_conv_bias"):
             if not isinstance(getattr(self, key), bool):

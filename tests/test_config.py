@@ -7,7 +7,8 @@ import yaml
 from trainer.config import ConfigError, load_config, save_config, valid_keys
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+GRIDS = sorted((ROOT / "configs/state_tracking/grids").glob("*.yaml"))
+TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p not in GRIDS)
 
 CONTRACT_KEYS = ["seed", "out_dir", "model.mixer", "model.allow_neg_eigval", "model.hidden_size",
                  "model.num_layers", "model.num_heads", "model.vocab_size", "train.max_steps",
@@ -89,3 +90,13 @@ def test_base_inheritance_and_cycles(tmp_path):
     (tmp_path / "d.yaml").write_text("base: c.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.name)
+def test_every_grid_expands_to_valid_runs(path):
+    from eval.grid import load_grid
+
+    _, runs = load_grid(path)
+    assert runs and len({r.out_dir for r in runs}) == len(runs)  # every run has its own directory
+    for run in runs:
+        load_config(run.config, [*run.overrides, f"train.lr={run.lr}", f"seed={run.seed}"])

@@ -9,6 +9,7 @@ fails the comparison. Shapes are tiny: the interpreter runs tl.associative_scan 
 """
 import pytest
 import torch
+import triton
 from test_kernels_selective_scan import exact_decay_inputs, integer_scan, make_inputs, rel_rms, run_with_grads
 
 import kernels.selective_scan.triton_scan as triton_scan
@@ -170,3 +171,17 @@ def test_tiny_mamba_trains_with_the_triton_backend():
         opt.step()
         losses.append(loss.item())
     assert losses[2] < losses[1] < losses[0], losses
+
+
+def test_gpu_configs_scale_the_channel_block_to_n_and_the_group():
+    """The autotuner's pruning (it runs on GPUs only): tiles sized for n = 16 keep their size, within one group."""
+    configs = [triton.Config({"BLOCK_D": d, "BLOCK_T": t}, num_warps=w) for d, t, w in triton_scan.BWD_SHAPES]
+
+    def blocks(group_dim, block_n):
+        fitted = triton_scan._fitting(configs, {"group_dim": group_dim}, BLOCK_N=block_n)
+        return sorted((c.kwargs["BLOCK_D"], c.kwargs["BLOCK_T"], c.num_warps) for c in fitted)
+
+    assert blocks(2048, 16) == sorted(triton_scan.BWD_SHAPES)
+    assert [b[0] for b in blocks(2048, 4)] == [4, 8, 8, 16]
+    assert [b[0] for b in blocks(2048, 64)] == [1, 1]  # (1, 4) and (2, 4) both become (1, 4): one is dropped
+    assert [b[0] for b in blocks(3, 4)] == [4, 4]  # capped at the group's 3 channels (rounded up to 4)

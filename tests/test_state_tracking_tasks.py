@@ -336,3 +336,10 @@ def test_accuracy_helpers():
     assert scaled_accuracy(0.6, 0.2) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="logits.argmax"):
         accuracy(preds[:, :3], labels)
+
+
+def test_fixed_eval_set_spreads_few_samples_over_the_whole_range():
+    batches = fixed_eval_set(TASKS["parity"], 10, 40, 256, seed=0)
+    lengths = [b.length for b in batches]
+    assert len(lengths) == 10 and lengths[0] == 40 and lengths[-1] >= 230
+    assert all(b - a >= 20 for a, b in zip(lengths, lengths[1:]))

@@ -1,6 +1,7 @@
 """Build every component from a Config, resume if asked, train, and report where everything went."""
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from .metrics import METRICS_FILE, MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler
 from .plots import LossPlot
 from .progress import ProgressBar
+
+
+TASK_RESULT_FILE = "task_result.json"  # final state-tracking accuracy, by length
 
 
 @dataclass
@@ -131,6 +135,8 @@ def train(cfg: Config, log=print) -> RunSummary:
         prompt = torch.tensor([tokenizer.encode(cfg.log.sample_prompt)], device=device)
         sample = tokenizer.decode(model.generate(prompt, max_new_tokens=cfg.log.sample_tokens)[0].tolist())
     last_eval = evaluation.last if evaluation is not None else None
+    if isinstance(last_eval, dict):
+        (out_dir / TASK_RESULT_FILE).write_text(json.dumps({**last_eval, "step": trainer.step}, indent=1))
     return RunSummary(out_dir=out_dir, last_checkpoint=saver.last_saved or source,
                       final_loss=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
                       val_loss=last_eval if isinstance(last_eval, float) else None, unigram_loss=baseline,

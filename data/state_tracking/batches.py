@@ -96,9 +96,9 @@ class EvalBatch(tuple):
 
 def fixed_eval_set(task: Task, num_samples: int, min_len: int, max_len: int, seed: int,
                    max_rows: int = EVAL_BATCH_ROWS) -> list[EvalBatch]:
-    """num_samples sequences split evenly over task.lengths(min_len, max_len) (the first lengths get one
-    more when it does not divide; none when there are more lengths than samples), batched by length, at most
-    max_rows per batch, so nothing is padded; each batch's `.length` says its length.
+    """num_samples sequences split evenly over task.lengths(min_len, max_len) (when it does not divide, the
+    remainder is spread over the whole range; with fewer samples than lengths, evenly spaced lengths get one),
+    batched by length, at most max_rows per batch, so nothing is padded; `.length` says a batch's length.
 
     The sequences of one length depend only on (seed, length): a wider range or a larger num_samples keeps
     them (as a prefix), so results for a length compare across evaluations.
@@ -107,10 +107,14 @@ def fixed_eval_set(task: Task, num_samples: int, min_len: int, max_len: int, see
     max_rows = check_int("max_rows", max_rows, 1)
     seed = check_int("seed", seed, 0)
     lengths = task.lengths(min_len, max_len)
-    per_length, extra = divmod(num_samples, len(lengths))
+    def share(i: int) -> int:  # ceil(i * num_samples / len(lengths))
+        return -(-i * num_samples // len(lengths))
+
     batches = []
     for i, length in enumerate(lengths):
-        count = per_length + (i < extra)
+        count = share(i + 1) - share(i)
+        if count == 0:
+            continue
         rng = np.random.default_rng([seed, _EVAL_STREAM, length])
         samples = [task.sample(rng, length) for _ in range(count)]
         for start in range(0, count, max_rows):

@@ -126,7 +126,7 @@ def selective_scan_fwd_kernel(
             b_y += b_u * b_D[:, None]
         if HAS_Z:
             b_z = tl.load(z + o_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-            b_y *= b_z * tl.sigmoid(b_z)
+            b_y *= _compact(b_z * tl.sigmoid(b_z))
         tl.store(p_out + o_t[None, :], b_y.to(out.dtype.element_ty), mask=m_dt)
         b_h = tl.sum(tl.where(o_j[None, None, :] == BLOCK_T - 1, b_hs, 0.0), 2)
     tl.store(last + i_b * dim * n + o_dn, b_h, mask=m_dn)
@@ -203,7 +203,7 @@ def selective_scan_bwd_kernel(
         b_g = tl.load(dout + o_out + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             b_z = tl.load(z + o_z + o_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-            b_sig = tl.sigmoid(b_z)
+            b_sig = _compact(tl.sigmoid(b_z))
             b_y = tl.sum(b_h * b_C, 1)
             if HAS_D:
                 b_y += b_u * b_D[:, None]
@@ -232,7 +232,7 @@ def selective_scan_bwd_kernel(
         b_dA += tl.sum(b_dx * b_delta[:, None, :], 2)
         b_ddelta = b_ddu * b_u + tl.sum(b_dx * b_A[:, :, None], 1)
         if SOFTPLUS:
-            b_ddelta *= tl.sigmoid(b_raw)
+            b_ddelta *= _compact(tl.sigmoid(b_raw))
         b_ddelta = tl.where(m_dt, b_ddelta, 0.0)
         if HAS_BIAS:
             b_dbias += tl.sum(b_ddelta, 1)

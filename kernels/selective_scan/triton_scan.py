@@ -1,10 +1,11 @@
 """Triton backend of the selective scan: launch configurations, host wrappers and the autograd Function.
 
-Memory: the forward keeps only the state entering every CKPT_T steps ([batch, L / CKPT_T, d, n] fp32, 1/4 of
+Memory: the forward keeps only the state entering every CKPT_T steps ([batch, L / CKPT_T, d, n] fp32, half of
 an fp32 [batch, d, L] tensor at n = 16), not the [batch, d, n, L] state history; the backward recomputes the
 states of one chunk at a time from it. selective_state_update stays on the torch path everywhere: one step
 is a handful of elementwise ops on [batch, d, n], which a kernel launch would not speed up.
 """
+import contextlib
 import os
 
 import torch
@@ -18,8 +19,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # tl.associative_scan element by element, so small chunks waste less on padding past L there.
 CKPT_T = 16 if INTERPRET else 32
 # (BLOCK_D, BLOCK_T, num_warps) for n = 16, picked from sm_90 compiles (ptxas registers and SASS instructions
-# per state element; no spills): 4 to 8 elements of each tile per thread. Forward chunks must divide CKPT_T.
-FWD_SHAPES = [(2, 32, 4), (4, 16, 4), (8, 16, 8), (4, 32, 8)]
+# per state element; none spills): 4 to 8 elements of each tile per thread. Forward chunks must divide CKPT_T.
+# Larger channel blocks in the backward cost registers but halve the atomic adds into dB and dC.
+FWD_SHAPES = [(2, 32, 4), (4, 16, 4), (8, 16, 8)]
 BWD_SHAPES = [(1, CKPT_T, 4), (2, CKPT_T, 4), (2, CKPT_T, 8), (4, CKPT_T, 8)]
 
 
@@ -65,12 +67,10 @@ def _time_contiguous(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _launch_args(u, delta, B4, C4, z):
-    """Strides of all axes but the last (zeros for an absent z), then d, L and the channels per group."""
+def _strides(u, delta, B4, C4, z):
+    """Strides of every axis but the last, as the kernels take them (zeros for an absent z)."""
     strides = [*u.stride()[:2], *delta.stride()[:2], *B4.stride()[:3], *C4.stride()[:3]]
-    strides += z.stride()[:2] if z is not None else [0, 0]
-    dim, L = u.shape[1:]
-    return strides, dim, L, dim // B4.shape[1]
+    return strides + (list(z.stride()[:2]) if z is not None else [0, 0])
 
 
 def _grid(batch, dim, groups):
@@ -86,9 +86,10 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus, neg, save_ckpt)
     out = new_empty((batch, dim, L), u.dtype, u.device)
     last = new_empty((batch, dim, n), torch.float32, u.device)
     ckpt = new_empty((batch, n_ckpt, dim, n), torch.float32, u.device) if save_ckpt else None
-    strides, dim, L, group_dim = _launch_args(u, delta, B4, C4, z)
-    _fwd_kernel[_grid(batch, dim, B4.shape[1])](
-        u, delta, A, B4, C4, D, z, delta_bias, h0, out, last, ckpt, *strides, dim, n, L, group_dim, n_ckpt,
+    groups = B4.shape[1]
+    _fwd_kernel[_grid(batch, dim, groups)](
+        u, delta, A, B4, C4, D, z, delta_bias, h0, out, last, ckpt, *_strides(u, delta, B4, C4, z),
+        dim, n, L, dim // groups, n_ckpt,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         SOFTPLUS=softplus, NEG=neg, SAVE_CKPT=save_ckpt, CKPT_T=CKPT_T, BLOCK_N=triton.next_power_of_2(n),
     )
@@ -109,10 +110,10 @@ def _scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, 
     dD = new_empty((batch, dim), f32, device) if D is not None else None
     dbias = new_empty((batch, dim), f32, device) if delta_bias is not None else None
     dh0 = new_empty((batch, dim, n), f32, device)
-    strides, dim, L, group_dim = _launch_args(u, delta, B4, C4, z)
     _bwd_kernel[_grid(batch, dim, groups)](
         u, delta, A, B4, C4, D, z, delta_bias, ckpt, dout.contiguous(), dlast.contiguous(),
-        du, ddelta, dz, dB, dC, dA, dD, dbias, dh0, *strides, dim, n, L, group_dim, groups, ckpt.shape[1],
+        du, ddelta, dz, dB, dC, dA, dD, dbias, dh0, *_strides(u, delta, B4, C4, z),
+        dim, n, L, dim // groups, groups, ckpt.shape[1],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, NEG=neg,
         BLOCK_N=triton.next_power_of_2(n),
     )
@@ -155,4 +156,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     A, D, delta_bias, h0 = (t.contiguous() if t is not None else None for t in (A, D, delta_bias, initial_state))
     inputs = (u, delta, A, B, C, D, z, delta_bias, h0)
     save_ckpt = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return SelectiveScanTriton.apply(*inputs, delta_softplus, allow_neg_eigval, save_ckpt)
+    # Triton launches on the current device; the autograd engine sets it for the backward by itself.
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        return SelectiveScanTriton.apply(*inputs, delta_softplus, allow_neg_eigval, save_ckpt)
