@@ -1,8 +1,10 @@
 """The selective scan's Triton kernels on CUDA at Mamba's sizes, against an fp64 reference (the torch path in fp64).
 
 fp32: both fp32 paths (Triton and torch) are measured against fp64 as RMS(err)/RMS(ref); Triton must stay within
-4x the torch path's error plus 1e-6. The factor covers the GPU's exp (ex2.approx, ~2 ulp against torch's ~1 ulp)
-and a different summation order; a wrong term or chunk carry is orders of magnitude worse.
+4x the torch path's error plus 1e-5. The factor covers the GPU's exp (ex2.approx, ~2 ulp against torch's ~1 ulp);
+the 1e-5 covers Triton's sums of partial results in fp32: over up to 2048 channel blocks for dB and dC (atomic
+adds, typically sqrt(2048) * 2^-24 = 3e-6) and over 128 chunks for dA, dD and delta_bias (at most
+128 * 2^-24 = 8e-6), where the torch path uses pairwise sums and matmuls. A wrong term or carry gives >= 1e-3.
 bf16: the only errors against fp64 run on the same bf16 values are bf16 roundings (2^-9 relative RMS at most for
 each): one for out, two for the input gradients (the incoming bf16 gradient and the result).
 """
@@ -60,7 +62,7 @@ def test_fp32_is_as_accurate_as_the_torch_path(batch, dim, L, groups, allow_neg_
     exact = run({k: v.double() for k, v in inputs.items()}, "torch", **flags)
     ours, torch_path = run(inputs, "triton", **flags), run(inputs, "torch", **flags)
     errors = {k: (rel_rms(ours[k], exact[k]), rel_rms(torch_path[k], exact[k])) for k in exact}
-    assert all(e <= 4 * t + 1e-6 for e, t in errors.values()), errors
+    assert all(e <= 4 * t + 1e-5 for e, t in errors.values()), errors
 
 
 @pytest.mark.parametrize("allow_neg_eigval", [False, True])
@@ -73,7 +75,7 @@ def test_bf16_errors_are_bf16_roundings(allow_neg_eigval):
     assert rel_rms(ours["out"], exact["out"]) < 2 ** -9
     # the state is fp32 (no bf16 rounding): the fp32 rule above
     last_err, torch_err = (rel_rms(x["last_state"], exact["last_state"]) for x in (ours, torch_path))
-    assert last_err <= 4 * torch_err + 1e-6, (last_err, torch_err)
+    assert last_err <= 4 * torch_err + 1e-5, (last_err, torch_err)
     errors = {k: rel_rms(ours[f"grad {k}"], exact[f"grad {k}"]) for k in NAMES}
     assert all(e < 2 ** -8 for e in errors.values()), errors
 

@@ -343,3 +343,17 @@ def test_fixed_eval_set_spreads_few_samples_over_the_whole_range():
     lengths = [b.length for b in batches]
     assert len(lengths) == 10 and lengths[0] == 40 and lengths[-1] >= 230
     assert all(b - a >= 20 for a, b in zip(lengths, lengths[1:]))
+
+
+@pytest.mark.parametrize("name", ["mod_arith", "mod_arith_brackets"])
+def test_mod_arith_prefix_supervision_labels_every_whole_prefix(name):
+    task, r = get_task(name, supervision="prefix"), rng(5)
+    for i in range(300):
+        tokens, labels = task.sample(r, 1 + i % 60)
+        text = "".join(MOD_SYMBOL[t] for t in tokens[:-1])
+        assert labels[-1] == MOD_ANSWER0 + python_mod(text)  # the final answer is unchanged
+        for j in range(len(text) - 1):
+            prefix = text[:j + 1]
+            whole = prefix[-1] not in "+-*(" and prefix.count("(") == prefix.count(")")
+            expected = MOD_ANSWER0 + python_mod(prefix) if whole else -100
+            assert labels[j] == expected, (text, j)

@@ -9,7 +9,7 @@ class TaskConfig:
     """Training draws lengths uniformly in [min_len, max_len]; evaluation uses a fixed set over the eval range."""
 
     name: str | None = None  # parity | mod_arith | mod_arith_brackets | s3 | s5 | a5 | s5_swaps | s5_swaps_3cycles
-    supervision: str = "final"  # parity only: final (answer at the last position) | prefix (at every position)
+    supervision: str = "final"  # parity, mod_arith*: final (answer at the end only) | prefix (also every prefix)
     modulus: int = 5  # modular arithmetic only
     min_len: int = 3
     max_len: int = 40
@@ -23,7 +23,7 @@ class TaskConfig:
         if self.name == "parity":
             return {"supervision": self.supervision}
         if self.name in ("mod_arith", "mod_arith_brackets"):
-            return {"modulus": self.modulus}
+            return {"modulus": self.modulus, "supervision": self.supervision}
         return {}
 
     def validate(self) -> None:

@@ -9,15 +9,15 @@ from .task import IGNORE_INDEX, Task, check_int
 OPERATORS = ("+", "-", "*")
 
 
-def evaluate(expression, modulus: int = 5) -> int:
-    """Value mod `modulus` of an expression over digits, + - * and parentheses, with the usual precedence.
+def running_values(expression, modulus: int = 5):
+    """Yield (i, value mod `modulus` of expression[:i + 1]) at every i where that prefix is a whole expression.
 
     `expression` is a string ("0*1+4*3-2"; spaces are ignored) or a sequence of one-character symbols.
     Multiplication binds tighter than + and -, which associate to the left: "1-1-1" is (1-1)-1 = 4 mod 5.
     """
     frames = [[0, 1, None]]  # per open bracket: sum of finished terms, sign and product of the current term
     expect_operand = True
-    for sym in expression:
+    for i, sym in enumerate(expression):
         if sym.isspace():
             continue
         frame = frames[-1]
@@ -40,10 +40,18 @@ def evaluate(expression, modulus: int = 5) -> int:
             raise ValueError(f"malformed expression {''.join(expression)!r}: unexpected {sym!r}")
         frame[2] = value if frame[2] is None else frame[2] * value % modulus
         expect_operand = False
+        if len(frames) == 1:
+            yield i, (frame[0] + frame[1] * frame[2]) % modulus
     if expect_operand or len(frames) > 1:
         raise ValueError(f"malformed expression {''.join(expression)!r}: it ends early or leaves a bracket open")
-    total, sign, product = frames[0]
-    return (total + sign * product) % modulus
+
+
+def evaluate(expression, modulus: int = 5) -> int:
+    """Value mod `modulus` of an expression over digits, + - * and parentheses, with the usual precedence."""
+    value = None
+    for _, value in running_values(expression, modulus):
+        pass
+    return value
 
 
 class ModularArithmetic(Task):
@@ -53,8 +61,10 @@ class ModularArithmetic(Task):
     0 <pad>, 1..m the digits 0..m-1, m+1 "+", m+2 "-", m+3 "*", m+4 "(", m+5 ")", m+6 "=",
     m+7..2m+6 the answers <0>..<m-1> (class c is the value c).
     A sample of length n is an expression of n symbols (digits and operators; brackets for the bracket task)
-    followed by "=", so it has n + 1 tokens; the only label is at the "=" position: the value of the
-    expression mod m, multiplication first, + and - left to right (`evaluate`). Expressions have odd length,
+    followed by "=", so it has n + 1 tokens; the label at the "=" position is the value of the
+    expression mod m, multiplication first, + and - left to right (`evaluate`). With supervision="prefix"
+    (a denser signal for small-compute runs; not the paper's setup) every position that ends a whole
+    expression (a digit or ")" outside brackets) is also labelled with the value of the prefix so far. Expressions have odd length,
     so an even requested length n gives n - 1 symbols, as in Deletang et al.; `lengths` lists odd lengths only.
     Without brackets the digits and operators are uniform and independent.
     Chance is taken as 1/m. The answers are not exactly uniform: products make 0 more frequent at short
@@ -64,15 +74,19 @@ class ModularArithmetic(Task):
 
     brackets = False
 
-    def __init__(self, modulus: int = 5):
+    def __init__(self, modulus: int = 5, supervision: str = "final"):
         modulus = check_int("modulus", modulus, 2)
+        if supervision not in ("final", "prefix"):
+            raise ValueError(f"supervision={supervision!r} must be 'final' or 'prefix'")
         if modulus > 10:
             raise ValueError(f"modulus={modulus} must be at most 10 so that every number is one digit")
         digits = tuple(str(d) for d in range(modulus))
         symbols = ("<pad>", *digits, *OPERATORS, "(", ")", "=", *(f"<{d}>" for d in digits))
         name = "mod_arith_brackets" if self.brackets else "mod_arith"
-        super().__init__(name, symbols, tuple(range(modulus + 7, 2 * modulus + 7)), {"modulus": modulus})
+        super().__init__(name, symbols, tuple(range(modulus + 7, 2 * modulus + 7)),
+                         {"modulus": modulus, "supervision": supervision})
         self.modulus = modulus
+        self.supervision = supervision
         self._token_of = {s: i for i, s in enumerate(symbols)}
 
     def lengths(self, min_len: int, max_len: int) -> list[int]:
@@ -90,7 +104,10 @@ class ModularArithmetic(Task):
         length -= length % 2 == 0
         expression = self._expression(rng, length)
         tokens = [self._token_of[s] for s in expression] + [self._token_of["="]]
-        labels = [IGNORE_INDEX] * length + [self.answer_ids[evaluate(expression, self.modulus)]]
+        labels = [IGNORE_INDEX] * (length + 1)
+        for i, value in running_values(expression, self.modulus):
+            if self.supervision == "prefix" or i == length - 1:
+                labels[i if i < length - 1 else length] = self.answer_ids[value]
         return tokens, labels
 
     def _expression(self, rng: np.random.Generator, length: int) -> list[str]:

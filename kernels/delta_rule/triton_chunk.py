@@ -1,6 +1,8 @@
 """The Triton delta rule behind `chunk_delta_rule(backend="triton")`: the chunked autograd Function, and the choice
 between it and the fused recurrent kernel. Kernels are in triton_chunk_fwd.py, triton_chunk_bwd.py,
 triton_fused_recurrent.py and triton_l2norm.py; the glue here only reshapes, allocates and indexes."""
+import contextlib
+
 import torch
 
 from .triton_chunk_bwd import chunk_bwd
@@ -54,18 +56,20 @@ def delta_rule_triton(q, k, v, beta, scale=None, initial_state=None, output_fina
     FUSED_MAX_T long, else the chunked kernels; True or False forces one.
     """
     check_triton_support(q, v, chunk_size)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
-    if initial_state is not None:
-        initial_state = initial_state.contiguous()
-    if use_qk_l2norm_in_kernel:
-        q, k = l2norm_triton(q), l2norm_triton(k)
     if fused is None:
         longest = q.shape[1] if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         needs_grad = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (q, k, v, beta, initial_state))
         fused = longest <= FUSED_MAX_T and not needs_grad
-    if fused:
-        return FusedRecurrentFunction.apply(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens)
-    return ChunkDeltaRuleFunction.apply(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
-                                        chunk_size)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    # Triton launches on the current CUDA device, which need not be the tensors'.
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        if use_qk_l2norm_in_kernel:
+            q, k = l2norm_triton(q), l2norm_triton(k)
+        if fused:
+            return FusedRecurrentFunction.apply(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens)
+        return ChunkDeltaRuleFunction.apply(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                            chunk_size)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every GPU check in one script (< 8 minutes on an H100/H200): gpu-marked tests, kernel benchmarks against
+# peers, and a short bf16 training run. Logs go to $OUT (default /tmp/gpu_check).
+# Missing pure-Python packages (fla, datasets) may be carried as wheels in .whl/ (see docs/benchmarks.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+step() { echo; echo "=== $1 ($(date +%T))"; }
+
+step device | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+
+step "gpu tests"
+timeout 240 $PY -m pytest -q -m gpu tests -x -p no:cacheprovider --durations=10 2>&1 | tee "$OUT/gpu_tests.log"
+
+step "delta rule benchmark"
+timeout 100 $PY bench/delta_rule.py --quick 2>&1 | tee "$OUT/bench_delta_rule.log"
+
+step "selective scan benchmark"
+timeout 100 $PY bench/selective_scan.py --quick 2>&1 | tee "$OUT/bench_selective_scan.log"
+
+step "bf16 training, configs/default.yaml, 60 steps"
+rm -rf /tmp/gpu_demo
+timeout 150 $PY train.py --config configs/default.yaml out_dir=/tmp/gpu_demo train.max_steps=60 \
+    train.warmup_steps=10 train.eval_every=0 train.save_every=60 log.progress_bar=false log.tensorboard=false \
+    data.cache_dir=/tmp/gpu_cache 2>&1 | tee "$OUT/train_bf16.log"
+tail -n 3 /tmp/gpu_demo/metrics.jsonl 2>/dev/null | cut -c1-200 | tee -a "$OUT/train_bf16.log"
+step done
