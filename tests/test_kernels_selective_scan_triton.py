@@ -3,7 +3,8 @@
 Errors are RMS(err) / RMS(ref). The kernels compute in fp32 like the reference and differ in summation order
 (a tree of pair compositions within a chunk, reductions over n, over channels for B/C and over time for A/D),
 in exp (numpy's against torch's, an ulp apart) and in softplus (log1p written as log(w) e / (w - 1)): observed
-<= 3e-7, so TOL = 2e-6 (~30 unit roundoffs of fp32), as for the torch path. A misplaced step, chunk carry,
+<= 8.4e-7 (grad delta_bias, a sum over every step), so TOL = 2e-6 (~30 unit roundoffs of fp32), as for the
+torch path; the inputs are seeded, so the errors are the same on every run. A misplaced step, chunk carry,
 group or gradient term gives >= 1e-3. Every buffer the kernels fill starts as NaN, so an unwritten element
 fails the comparison. Shapes are tiny: the interpreter runs tl.associative_scan element by element.
 """
@@ -27,14 +28,14 @@ def _nan_buffers(monkeypatch):
                                                                                           dtype=dtype, device=device))
 
 
-def assert_triton_matches_naive(inputs, tol=TOL, **flags):
+def assert_triton_matches_naive(inputs, **flags):
     out, last, grads = run_with_grads(inputs, "triton", **flags)
     ref_out, ref_last, ref_grads = run_with_grads(inputs, "naive", **flags)
     assert out.dtype == inputs["u"].dtype and last.dtype == torch.float32
     assert all(grads[k].dtype == inputs[k].dtype for k in grads)
     errors = {"out": rel_rms(out, ref_out), "last_state": rel_rms(last, ref_last)}
     errors.update({f"grad {k}": rel_rms(grads[k], ref_grads[k]) for k in grads})
-    assert all(e < tol for e in errors.values()), errors
+    assert all(e < TOL for e in errors.values()), errors
 
 
 @pytest.mark.parametrize("L", [1, 63, 64, 65, 100])
