@@ -199,9 +199,7 @@ def _bad(**changes):
     (_bad(cu_seqlens=torch.tensor([0, 8])), ValueError, r"cu_seqlens needs B == 1"),
     (_bad(initial_state=torch.zeros(2, 2, 3, 4)), ValueError, r"initial_state must be \[N, H, K, V\] = \(2, 2, 4, 3\)"),
     (_bad(chunk_size=0), ValueError, r"chunk_size must be a positive int"),
-    (_bad(backend="cuda"), ValueError, r"backend must be one of \('auto', 'torch', 'naive', 'triton'\)"),
-    (_bad(backend="triton"), NotImplementedError,
-     r"the Triton delta-rule kernel is not implemented yet; use backend='torch'"),
+    (_bad(backend="cuda"), ValueError, r"backend must be one of \('auto', 'torch', 'naive', 'triton', 'fla'\)"),
 ])
 def test_bad_inputs_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):

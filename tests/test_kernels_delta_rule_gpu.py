@@ -7,8 +7,10 @@ on CPU (test_kernels_delta_rule.py), so it is the reference here. Errors are RMS
 - bf16 inputs: the kernels round every dot operand (T, W, U, chunk states, U' and their gradients) to bf16
   (unit roundoff u = 3.9e-3), as fla's do. The fp16 CPU test sees <= 1.4e-3 = 2.9 u with beta in (0, 2), growing
   slowly with T; 4e-2 (~10 u) is the same allowance in bf16 units. Where fla is installed, ours must also be
-  within twice fla's own error against the same reference.
+  within twice fla's own error against the same reference (at T = 4096).
 """
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,16 +75,20 @@ def check(inputs, dtype, compare_fla=False, **kwargs):
         if fla is not None:
             worse = {n: (errors[n], fla[n]) for n in fla if errors[n] > 2 * fla[n] + 1e-3}
             assert not worse, f"(ours, fla's) errors where ours is over twice fla's: {worse}"
-    return errors
 
 
 def _fla_errors(inputs, ref, **kwargs):
-    """fla's errors against the same reference, or None where fla is not installed."""
+    """fla's errors against the same reference, or None where fla is not installed or fails (a warning: the peer's
+    trouble must not stop the GPU run, which goes on with -x)."""
     try:
         import fla.ops.delta_rule  # noqa: F401
     except ImportError:
         return None
-    fla_out = outputs_and_grads(inputs, backend="fla", **kwargs)
+    try:
+        fla_out = outputs_and_grads(inputs, backend="fla", **kwargs)
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(f"fla's chunk_delta_rule failed, no peer comparison: {err!r}")
+        return None
     return {n: rel_rms(a, r) for n, a, r in zip(NAMES, fla_out, ref)}
 
 

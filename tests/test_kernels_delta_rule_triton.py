@@ -205,7 +205,8 @@ def test_fla_backend_errors(monkeypatch):
     q, k, v, beta, _ = make_inputs(T=8)
     with pytest.raises(TypeError, match=r"backend='fla' needs fp16 or bf16 inputs"):
         chunk_delta_rule(q, k, v, beta, backend="fla")
-    monkeypatch.setitem(sys.modules, "fla", None)  # makes the import fail as if fla were missing
+    for name in ("fla", "fla.ops", "fla.ops.delta_rule"):  # the import fails as if fla were missing, even
+        monkeypatch.setitem(sys.modules, name, None)          # when another test imported it already
     half = [x.detach().half() for x in (q, k, v, beta)]
     with pytest.raises(ImportError, match=r"backend='fla' needs flash-linear-attention"):
         chunk_delta_rule(*half, backend="fla")

@@ -70,6 +70,12 @@ def _triton_usable(q, backend):
                          "set TRITON_INTERPRET=1 before importing to run them on CPU, or use backend='torch'")
 
 
+def _triton_covers(q, v, chunk_size):
+    """Whether the Triton kernels take these head dims and chunk size ("auto" falls back to torch otherwise)."""
+    from .triton_common import CHUNK_SIZES, MAX_HEAD_DIM
+    return max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and chunk_size in CHUNK_SIZES
+
+
 def _fla(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel, chunk_size):
     """fla's chunk_delta_rule, imported on first use, for comparing against a peer inside our models."""
     _triton_usable(q, "fla")
@@ -109,13 +115,9 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final
         if backend == "fla":
             return _fla(*args, chunk_size)
         _triton_usable(q, backend)
+        # Imported on first use: Triton reads TRITON_INTERPRET when the kernels are defined.
         from .triton_chunk import delta_rule_triton
         return delta_rule_triton(*args, chunk_size)
-
-
-def _triton_covers(q, v, chunk_size):
-    from .triton_common import CHUNK_SIZES, MAX_HEAD_DIM
-    return max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and chunk_size in CHUNK_SIZES
 
 
 def fused_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False,

@@ -1,6 +1,9 @@
 """The Triton delta rule behind `chunk_delta_rule(backend="triton")`: the chunked autograd Function, and the choice
-between it and the fused recurrent kernel. Kernels are in triton_chunk_fwd.py, triton_chunk_bwd.py,
-triton_fused_recurrent.py and triton_l2norm.py; the glue here only reshapes, allocates and indexes."""
+between it and the fused recurrent kernel.
+
+All per-token work runs in Triton (triton_chunk_fwd.py, triton_chunk_bwd.py, triton_fused_recurrent.py,
+triton_l2norm.py); torch only allocates buffers, builds the small chunk index tensors and casts dh0's dtype.
+"""
 import contextlib
 
 import torch
@@ -31,9 +34,8 @@ class ChunkDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, beta, Tm, h = ctx.saved_tensors
-        dht = None if dht is None else dht.contiguous()
         dq, dk, dv, dbeta, dh0 = chunk_bwd(q, k, v, beta, Tm, h, do, dht, ctx.scale, ctx.h0_dtype is not None,
-                                           ctx.layout, ctx.chunk_size, q.dtype)
+                                           ctx.layout, ctx.chunk_size)
         dh0 = None if dh0 is None else dh0.to(ctx.h0_dtype)
         return dq, dk, dv, dbeta, None, dh0, None, None, None
 

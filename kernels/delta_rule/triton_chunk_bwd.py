@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import CHUNK_TILES, autotune, block, dot_precision, new_empty, warps
+from .triton_common import CHUNK_TILES, STATE_CONFIGS, autotune, block, dot_precision, new_empty
 
 
 @autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
@@ -59,7 +59,7 @@ def _recompute_bwd_kernel(q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, sca
     tl.store(dvl + row_v + o_tv, tl.dot(b_Mt, b_do, input_precision=PREC), mask=m_tv)
 
 
-@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BV"])
+@autotune(STATE_CONFIGS, key=["H", "K", "V", "BT", "BV"])
 @triton.jit
 def _state_bwd_kernel(q, k, W, do, dvl, dUp, dh, dht, dh0, cu, offsets, scale, H: tl.constexpr, K: tl.constexpr,
                       V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr,
@@ -202,8 +202,8 @@ def _wy_bwd_kernel(k, v, beta, Tm, dw, dUp, dkp, dk, dv, dbeta, cu, indices, H: 
     tl.store(dbeta + t0 * H + i_h + o_c * H, b_db.to(dbeta.dtype.element_ty), mask=m_t)
 
 
-def chunk_bwd(q, k, v, beta, Tm, h, do, dht, scale, has_h0, layout, chunk_size, dqk_dtype):
-    """Gradients of `chunk_fwd`: returns dq, dk (in dqk_dtype), dv (v's dtype), dbeta (beta's), dh0 fp32 or None.
+def chunk_bwd(q, k, v, beta, Tm, h, do, dht, scale, has_h0, layout, chunk_size):
+    """Gradients of `chunk_fwd`: returns dq, dk, dv (the inputs' dtype), dbeta (beta's), dh0 fp32 or None.
 
     do [B, T, H, V] is the gradient of o, dht [N, H, K, V] that of the final state (or None).
     """
@@ -214,11 +214,12 @@ def chunk_bwd(q, k, v, beta, Tm, h, do, dht, scale, has_h0, layout, chunk_size, 
     dev, dt = q.device, q.dtype
     dims = dict(H=H, K=K, V=V, BT=BT, PREC=dot_precision(dt))
     do = do.contiguous()
+    dht = None if dht is None else dht.contiguous()
 
     W, Up = new_empty((B, T, H, K), dt, dev), new_empty((B, T, H, V), dt, dev)
     dvl = new_empty((B, T, H, V), torch.float32, dev)
-    _recompute_bwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, H)](
-        q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, scale, **dims)
+    v_grid = lambda meta: (triton.cdiv(V, meta["BV"]), NT, H)  # noqa: E731 (tile widths are autotuned)
+    _recompute_bwd_kernel[v_grid](q, k, v, beta, Tm, h, do, W, Up, dvl, cu, indices, scale, **dims)
 
     BKS, BVS = block(K, 128), block(V, 32)  # all of K in registers, as in the forward state kernel
     dh = new_empty((NT, H, K, V), dt, dev)
@@ -228,12 +229,12 @@ def chunk_bwd(q, k, v, beta, Tm, h, do, dht, scale, has_h0, layout, chunk_size, 
         q, k, W, do, dvl, dUp, dh, dht, dh0, cu, offsets, scale, BK=BKS, BV=BVS,
         USE_DHT=dht is not None, STORE_DH0=has_h0, **dims)
 
-    dq = new_empty((B, T, H, K), dqk_dtype, dev)
+    dq = new_empty((B, T, H, K), dt, dev)
     dkp, dw = new_empty((B, T, H, K), torch.float32, dev), new_empty((B, T, H, K), torch.float32, dev)
-    _dqk_bwd_kernel[lambda meta: (triton.cdiv(K, meta["BK"]), NT, H)](
-        q, k, h, dh, do, Up, dUp, dq, dkp, dw, cu, indices, scale, **dims)
+    k_grid = lambda meta: (triton.cdiv(K, meta["BK"]), NT, H)  # noqa: E731
+    _dqk_bwd_kernel[k_grid](q, k, h, dh, do, Up, dUp, dq, dkp, dw, cu, indices, scale, **dims)
 
-    dk = new_empty((B, T, H, K), dqk_dtype, dev)
+    dk = new_empty((B, T, H, K), dt, dev)
     dv, dbeta = new_empty((B, T, H, V), v.dtype, dev), new_empty((B, T, H), beta.dtype, dev)
     _wy_bwd_kernel[(NT, H)](k, v, beta, Tm, dw, dUp, dkp, dk, dv, dbeta, cu, indices, **dims)
     return dq, dk, dv, dbeta, dh0

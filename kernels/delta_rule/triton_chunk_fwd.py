@@ -1,7 +1,7 @@
 """Chunked delta-rule forward in Triton (WY / UT form), three kernels:
 
-1. `_wy_fwd_kernel`, per chunk: T = (I + tril(diag(beta) K K^T, -1))^{-1} by forward substitution,
-   W = T diag(beta) K and U = T diag(beta) V.
+1. `_wy_fwd_kernel`, per chunk: T = (I + tril(diag(beta) K K^T, -1))^{-1} by forward substitution on 16-row
+   blocks and exact block products between them, W = T diag(beta) K and U = T diag(beta) V.
 2. `_state_fwd_kernel`, per (sequence, head, V block), walking the chunks in order with the state S [K, BV] in
    fp32 registers: stores S at each chunk start, U' = U - W S, and S <- S + K^T U'.
 3. `_output_fwd_kernel`, per chunk: o = scale (Q S + tril(Q K^T) U').
@@ -14,7 +14,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import CHUNK_TILES, autotune, block, dot_precision, new_empty, warps
+from .triton_common import CHUNK_TILES, STATE_CONFIGS, autotune, block, dot_precision, new_empty
+
+
+@triton.jit
+def _unit_lower_inverse16(b_At):
+    """(I + A)^{-1} of a 16x16 strictly lower A given transposed (b_At[m, r] = A[r, m]), by forward substitution:
+    row r of the inverse is e_r - sum_{m<r} A[r, m] (its row m)."""
+    o = tl.arange(0, 16)
+    b_T = tl.where(o[:, None] == o[None, :], 1., 0.)
+    for r in range(1, 16):
+        b_a = tl.sum(tl.where(o[None, :] == r, b_At, 0.), 1)  # A[r, :] laid along rows
+        b_T -= tl.where(o[:, None] == r, tl.sum(b_a[:, None] * b_T, 0)[None, :], 0.)
+    return b_T
 
 
 @autotune(CHUNK_TILES, key=["H", "K", "V", "BT"])
@@ -25,32 +37,50 @@ def _wy_fwd_kernel(k, v, beta, Tm, W, U, cu, indices, H: tl.constexpr, K: tl.con
     i_n, i_t = tl.load(indices + i_c * 2), tl.load(indices + i_c * 2 + 1)
     bos, eos = tl.load(cu + i_n).to(tl.int64), tl.load(cu + i_n + 1).to(tl.int64)
     t0 = bos + i_t * BT  # first token of the chunk; tiles below are int32 offsets from its row
+    n_t = (eos - t0).to(tl.int32)
     o_c = tl.arange(0, BT)
-    m_t = o_c < (eos - t0).to(tl.int32)
+    m_t = o_c < n_t
     b_beta = tl.load(beta + t0 * H + i_h + o_c * H, mask=m_t, other=0.).to(tl.float32)  # [BT]
     p_k, p_v = k + (t0 * H + i_h) * K, v + (t0 * H + i_h) * V
     p_w, p_u = W + (t0 * H + i_h) * K, U + (t0 * H + i_h) * V
+    p_T = Tm + (t0 * H + i_h) * BT  # this chunk's [BT, BT] block of Tm, rows H * BT apart
+    o_T = o_c[:, None] * (H * BT) + o_c[None, :]
 
-    # A^T[m, r] = beta_r k_r . k_m, kept for m < r only: A's strictly lower part, transposed.
-    b_At = tl.zeros([BT, BT], dtype=tl.float32)
+    # A[r, m] = beta_r k_r . k_m for m < r (zero elsewhere), staged in Tm, which T then overwrites in place.
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k[None, :] < K)
         b_k = tl.load(p_k + o_c[:, None] * (H * K) + o_k[None, :], mask=m_tk, other=0.)  # [BT, BK]
         b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
-        b_At += tl.dot(b_k, tl.trans(b_kb), input_precision=PREC)
-    b_At = tl.where(o_c[:, None] < o_c[None, :], b_At, 0.)
+        b_A += tl.dot(b_kb, tl.trans(b_k), input_precision=PREC)
+    tl.store(p_T + o_T, tl.where(o_c[:, None] > o_c[None, :], b_A, 0.), mask=m_t[:, None])
+    tl.debug_barrier()
 
-    # Forward substitution, one row at a time: T[r] = e_r - sum_{m<r} A[r, m] T[m]. Padded rows (beta = 0)
-    # stay identity rows, so padding never mixes into real tokens.
-    b_T = tl.where(o_c[:, None] == o_c[None, :], 1., 0.)  # [BT, BT] fp32
-    for r in range(1, BT):
-        b_a = tl.sum(tl.where(o_c[None, :] == r, b_At, 0.), 1)  # A[r, :] indexed along rows
-        b_row = tl.sum(b_a[:, None] * b_T, 0)
-        b_T -= tl.where(o_c[:, None] == r, b_row[None, :], 0.)
-    tl.store(Tm + (t0 * H + i_h) * BT + o_c[:, None] * (H * BT) + o_c[None, :], b_T, mask=m_t[:, None])
+    # T = (I + A)^{-1} by 16-row blocks: T_ii = (I + A_ii)^{-1} by forward substitution, then the strip left of
+    # it, T_i,<i = -T_ii A_i,<i T_<i,<i, from the rows above (already T). Padded rows (beta = 0, k = 0) have zero
+    # A rows and columns, so they never mix into real tokens. Exact fp32 dots: T feeds every later step.
+    o16 = tl.arange(0, 16)
+    for i_b in tl.static_range(BT // 16):
+        o_r = i_b * 16 + o16
+        m_r = o_r < n_t
+        b_Aii_t = tl.load(p_T + o_r[None, :] * (H * BT) + o_r[:, None], mask=m_r[None, :], other=0.)  # A_ii^T
+        b_Tii = _unit_lower_inverse16(b_Aii_t)
+        if i_b > 0:
+            m_left = m_r[:, None] & (o_c[None, :] < i_b * 16)
+            b_R = tl.load(p_T + o_r[:, None] * (H * BT) + o_c[None, :], mask=m_left, other=0.)  # [16, BT]
+            m_above = m_t[:, None] & (o_c[:, None] < i_b * 16) & (o_c[None, :] <= o_c[:, None])
+            b_Tabove = tl.load(p_T + o_T, mask=m_above, other=0.)  # [BT, BT]
+            b_X = tl.dot(b_R, b_Tabove, input_precision="ieee")
+            b_strip = -tl.dot(b_Tii, b_X, input_precision="ieee")
+            tl.debug_barrier()  # every thread has read the A it is about to overwrite
+            tl.store(p_T + o_r[:, None] * (H * BT) + o_c[None, :], b_strip, mask=m_left)
+        else:
+            tl.debug_barrier()
+        tl.store(p_T + o_r[:, None] * (H * BT) + o_r[None, :], b_Tii, mask=m_r[:, None])
+        tl.debug_barrier()
 
-    b_Td = b_T.to(W.dtype.element_ty)
+    b_Td = tl.load(p_T + o_T, mask=m_t[:, None], other=0.).to(W.dtype.element_ty)  # [BT, BT]
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k[None, :] < K)
@@ -67,7 +97,7 @@ def _wy_fwd_kernel(k, v, beta, Tm, W, U, cu, indices, H: tl.constexpr, K: tl.con
         tl.store(p_u + o_tv, b_u.to(U.dtype.element_ty), mask=m_tv)
 
 
-@autotune(warps(4, 8), key=["H", "K", "V", "BT", "BV"])
+@autotune(STATE_CONFIGS, key=["H", "K", "V", "BT", "BV"])
 @triton.jit
 def _state_fwd_kernel(k, W, U, h, Up, h0, ht, cu, offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr,
@@ -164,6 +194,6 @@ def chunk_fwd(q, k, v, beta, scale, initial_state, output_final_state, layout, c
     o = None
     if need_output:
         o = new_empty((B, T, H, V), v.dtype, dev)
-        _output_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, H)](q, k, h, Up, o, cu, indices, scale,
-                                                                             **dims)
+        grid = lambda meta: (triton.cdiv(V, meta["BV"]), NT, H)  # noqa: E731 (the tile width is autotuned)
+        _output_fwd_kernel[grid](q, k, h, Up, o, cu, indices, scale, **dims)
     return o, ht, Tm, h

@@ -78,6 +78,6 @@ class FusedRecurrentFunction(torch.autograd.Function):
         q, k, v, beta, h0 = ctx.saved_tensors
         _, _, Tm, h = chunk_fwd(q, k, v, beta, ctx.scale, h0, False, ctx.layout, BACKWARD_CHUNK, need_output=False)
         dq, dk, dv, dbeta, dh0 = chunk_bwd(q, k, v, beta, Tm, h, do, dht, ctx.scale, h0 is not None, ctx.layout,
-                                           BACKWARD_CHUNK, q.dtype)
+                                           BACKWARD_CHUNK)
         dh0 = None if dh0 is None else dh0.to(h0.dtype)
         return dq, dk, dv, dbeta, None, dh0, None, None
