@@ -113,24 +113,37 @@ def markdown_table(summary: dict, models: list[str], tasks: list[str]) -> str:
     return "\n".join(lines) + "\n\nCells: scaled accuracy, median / best over seeds (best learning rate per seed).\n"
 
 
+def binned(by_length: dict, bins: int = 12) -> tuple[list[float], list[float]]:
+    """Mean accuracy in equal-width length bins (each length has the same number of samples)."""
+    lengths = sorted(int(k) for k in by_length)
+    lo, hi = lengths[0], lengths[-1]
+    width = max(1, (hi - lo + 1) / bins)
+    groups: dict = {}
+    for length in lengths:
+        groups.setdefault(int((length - lo) / width), []).append((length, by_length[str(length)]))
+    centers = [sum(x for x, _ in g) / len(g) for _, g in sorted(groups.items())]
+    means = [sum(a for _, a in g) / len(g) for _, g in sorted(groups.items())]
+    return centers, means
+
+
 def plot(summary: dict, models: list[str], tasks: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for model in models:
             entry = summary.get((task, model))
             if entry:
-                lengths = sorted(int(k) for k in entry["by_length"])
-                ax.plot(lengths, [entry["by_length"][str(k)] for k in lengths], label=model)  # JSON keys
+                ax.plot(*binned(entry["by_length"]), marker="o", markersize=3, label=model)
         ax.set_title(task)
-        ax.set_xlabel("sequence length")
+        ax.set_xlabel("sequence length (binned)")
         ax.set_ylabel("accuracy (best seed)")
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -4,18 +4,28 @@ Errors are RMS(err) / RMS(ref). fp32 tolerance 1e-5, as in test_kernels_delta_ru
 and differ only in summation order (observed <= 6e-7 here); a wrong or missing term shows up as O(1) error.
 Every buffer the kernels allocate starts as NaN (fixture below), so memory a kernel forgets to write shows.
 """
+import os
+import subprocess
 import sys
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 from kernels.delta_rule import chunk_delta_rule, delta_rule_naive, fused_recurrent_delta_rule
 from kernels.delta_rule import triton_chunk, triton_chunk_bwd, triton_chunk_fwd, triton_fused_recurrent, triton_l2norm
+from kernels.delta_rule.triton_sm90_check import register_a_in_flight, transposed_mma
 
 FP32_TOL = 1e-5
 NAMES = ("o", "final_state", "dq", "dk", "dv", "dbeta", "dh0")
+KERNEL_MODULES = (triton_chunk_fwd, triton_chunk_bwd, triton_fused_recurrent, triton_l2norm)
+TUNED = [kernel for module in KERNEL_MODULES for kernel in vars(module).values() if hasattr(kernel, "all_configs")]
+# Every set of tile widths a GPU's autotuner may pick (configs that only change warps or stages compute the same
+# thing on the interpreter); the interpreter otherwise runs only each kernel's first config.
+GPU_TILES = sorted({tuple(sorted(c.kwargs.items())) for kernel in TUNED for c in kernel.all_configs if c.kwargs})
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +33,19 @@ def nan_buffers(monkeypatch):
     """Kernel outputs and scratch start as NaN instead of whatever torch.empty returns."""
     def nan_empty(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    for module in (triton_chunk_fwd, triton_chunk_bwd, triton_fused_recurrent, triton_l2norm):
+    for module in KERNEL_MODULES:
         monkeypatch.setattr(module, "new_empty", nan_empty)
+
+
+@pytest.fixture(params=GPU_TILES, ids=lambda tiles: "-".join(f"{k}{v}" for k, v in tiles))
+def gpu_tiles(request, monkeypatch):
+    """Every kernel tuned over tile widths runs with these widths, as on a GPU whose autotuner picked them."""
+    tiles = dict(request.param)
+    for kernel in TUNED:
+        picks = [c for c in kernel.all_configs if c.kwargs == tiles]
+        if picks:
+            monkeypatch.setattr(kernel, "configs", picks[:1])
+    return tiles
 
 
 def rel_rms(actual, ref):
@@ -138,9 +159,8 @@ def test_varlen_matches_a_loop_over_sequences():
     assert_all_close(outputs_and_grads(fused_recurrent_delta_rule, q, k, v, beta, h0, cu_seqlens=cu), ref, FP32_TOL)
 
 
-@pytest.mark.parametrize("beta_mode", ["random", "two"])
-def test_fp16_inputs_against_the_fp32_reference(beta_mode):
-    q, k, v, beta, h0 = make_inputs(T=100, K=32, V=32, beta_mode=beta_mode, dtype=torch.float16)
+def assert_fp16_close(q, k, v, beta, h0):
+    """fp16 inputs through the Triton kernels against the fp32 token loop on the same (rounded) values."""
     ours = outputs_and_grads(triton_chunked, q, k, v, beta, h0)
     assert ours[0].dtype == torch.float16 and ours[1].dtype == torch.float32
     assert all(g.dtype == torch.float16 for g in ours[2:6]) and ours[6].dtype == torch.float32
@@ -149,8 +169,69 @@ def test_fp16_inputs_against_the_fp32_reference(beta_mode):
     # Dot operands (T, W, U, the chunk states, U' and their gradients) are rounded to fp16 (unit roundoff
     # u = 4.9e-4) and accumulated in fp32. At beta = 2 every transition is a reflection that never damps an earlier
     # rounding, so errors add up over the sequence: observed <= 2.4e-3 at T = 100 over seeds (<= 1.4e-3 for
-    # random beta). 5e-3 (~10 u) leaves room for other seeds; a wrong term gives O(1).
+    # random beta; <= 8e-4 at K = V = 128, T = 100). 5e-3 (~10 u) leaves room for other seeds; a wrong term
+    # gives O(1).
     assert_all_close(ours, ref, 5e-3)
+
+
+@pytest.mark.parametrize("beta_mode", ["random", "two"])
+def test_fp16_inputs_against_the_fp32_reference(beta_mode):
+    assert_fp16_close(*make_inputs(T=100, K=32, V=32, beta_mode=beta_mode, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("K, V", [(128, 128), (128, 48), (80, 128)])
+def test_large_head_dims_under_every_gpu_tile_config(gpu_tiles, K, V):
+    # Several K and V tiles per head, partly masked at 48 and 80; the state kernels hold all 128 rows of K.
+    inputs = make_inputs(B=1, T=70, H=1, K=K, V=V)
+    ours = outputs_and_grads(triton_chunked, *inputs)
+    assert_all_close(ours, outputs_and_grads(delta_rule_naive, *inputs), FP32_TOL)
+
+
+def test_fp16_at_head_dim_128_under_every_gpu_tile_config(gpu_tiles):
+    assert_fp16_close(*make_inputs(B=1, T=100, H=1, K=128, V=128, dtype=torch.float16))
+
+
+def test_results_do_not_depend_on_what_fresh_buffers_hold(gpu_tiles, monkeypatch):
+    """Two calls, fresh buffers holding zeros in one and large random values in the other, agree bit for bit: no
+    kernel reads memory it has not written (the GPU tests also compare two calls, where races would show)."""
+    inputs = make_inputs(B=1, T=70, H=2, K=128, V=128)
+    fills = (lambda shape, dtype: torch.zeros(shape, dtype=dtype),
+             lambda shape, dtype: (torch.randn(shape) * 1e3).to(dtype))
+    runs = []
+    for fill in fills:
+        for module in KERNEL_MODULES:
+            monkeypatch.setattr(module, "new_empty", lambda shape, dtype, device, fill=fill: fill(shape, dtype))
+        runs.append(outputs_and_grads(triton_chunked, *inputs))
+    assert all(torch.isfinite(a).all() and torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.skipif("nvidia" not in triton.backends.backends, reason="needs Triton's NVIDIA compiler backend")
+@pytest.mark.parametrize("K, V", [(128, 128), (32, 32)])
+def test_hopper_code_avoids_patterns_that_miscompile(K, V):
+    """Compiles every kernel under every GPU config for sm_90 (no GPU needed; see triton_sm90_check): patterns
+    that pass the interpreter yet give wrong, run-to-run different results on an H100/H200 must not appear."""
+    result = subprocess.run([sys.executable, "-m", "kernels.delta_rule.triton_sm90_check", "bf16", str(K), str(V)],
+                            cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "0"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def test_the_sm90_checks_see_the_patterns():
+    mma = "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%r1,%r2}, "
+    register_a = mma + "{%r9,%r10,%r11,%r12}, %rd5, %p1, 1, 1, 0;"  # A in registers, B by its smem descriptor
+    shared_a = mma + "%rd4, %rd5, %p1, 1, 1, 0, 0;"  # both by descriptor
+    commit = "wgmma.commit_group.sync.aligned;"
+
+    def wait(n):
+        return f"wgmma.wait_group.sync.aligned {n};"
+
+    assert register_a_in_flight("\n".join([register_a, commit, wait(1)])) == 1
+    assert register_a_in_flight("\n".join([register_a, commit, wait(0), shared_a, commit, wait(1)])) == 0
+    # The wait for 1 retires the older group (register A) and leaves the newer one (shared A) in flight.
+    assert register_a_in_flight("\n".join([register_a, commit, shared_a, commit, wait(1)])) == 0
+    assert register_a_in_flight("\n".join([shared_a, commit, register_a, commit, wait(1)])) == 1
+    ttgir = "%b = tt.trans %a {order = array<i32: 1, 0>} : tensor<64x64xbf16, #mma> -> tensor<64x64xbf16, #linear>"
+    assert transposed_mma(ttgir) == 1 and transposed_mma(ttgir.replace("#mma>", "#blocked>")) == 0
 
 
 @pytest.mark.parametrize("T", [1, 63, 100])

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import CHUNK_TILES, STATE_CONFIGS, autotune, block, dot_precision, new_empty
+from .triton_common import CHUNK_TILES, STATE_CONFIGS, autotune, dot_precision, new_empty, state_tiles
 
 
 @triton.jit
@@ -47,14 +47,16 @@ def _wy_fwd_kernel(k, v, beta, Tm, W, U, cu, indices, H: tl.constexpr, K: tl.con
     o_T = o_c[:, None] * (H * BT) + o_c[None, :]
 
     # A[r, m] = beta_r k_r . k_m for m < r (zero elsewhere), staged in Tm, which T then overwrites in place.
+    # Both dot operands come straight from memory and beta scales the fp32 product: an operand computed in
+    # registers makes Hopper's pipelined wgmma read registers that ptxas 12.x reuses before the read is done.
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k[None, :] < K)
         b_k = tl.load(p_k + o_c[:, None] * (H * K) + o_k[None, :], mask=m_tk, other=0.)  # [BT, BK]
-        b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
-        b_A += tl.dot(b_kb, tl.trans(b_k), input_precision=PREC)
-    tl.store(p_T + o_T, tl.where(o_c[:, None] > o_c[None, :], b_A, 0.), mask=m_t[:, None])
+        b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    b_A = tl.where(o_c[:, None] > o_c[None, :], b_A * b_beta[:, None], 0.)
+    tl.store(p_T + o_T, b_A, mask=m_t[:, None])
     tl.debug_barrier()
 
     # T = (I + A)^{-1} by 16-row blocks: T_ii = (I + A_ii)^{-1} by forward substitution, then the strip left of
@@ -183,7 +185,7 @@ def chunk_fwd(q, k, v, beta, scale, initial_state, output_final_state, layout, c
     W, U = new_empty((B, T, H, K), dt, dev), new_empty((B, T, H, V), dt, dev)
     _wy_fwd_kernel[(NT, H)](k, v, beta, Tm, W, U, cu, indices, **dims)
 
-    BKS, BVS = block(K, 128), block(V, 32)  # the state kernel holds all of K in registers: [BKS, BVS] fp32
+    BKS, BVS = state_tiles(K, V)  # the state kernel holds all of K in registers: [BKS, BVS] fp32
     h = new_empty((NT, H, K, V), dt, dev)
     Up = new_empty((B, T, H, V), dt, dev)
     ht = new_empty((N, H, K, V), torch.float32, dev) if output_final_state else None

@@ -15,8 +15,13 @@ def interpreting() -> bool:
 
 
 def autotune(configs, key):
-    """triton.autotune over `configs` on a GPU; only the first under the interpreter (which cannot benchmark)."""
-    return triton.autotune(configs=configs[:1] if interpreting() else configs, key=key)
+    """triton.autotune over `configs` on a GPU; only the first under the interpreter (which cannot benchmark).
+    The kernel keeps the whole list as `all_configs`, so interpreter tests can run every config a GPU may pick."""
+    def decorate(fn):
+        tuner = triton.autotune(configs=configs[:1] if interpreting() else configs, key=key)(fn)
+        tuner.all_configs = list(configs)
+        return tuner
+    return decorate
 
 
 def warps(*counts, stages=(1,)):
@@ -39,6 +44,11 @@ STATE_CONFIGS = warps(4, 8, stages=(2, 3))
 def block(dim: int, cap: int = 64) -> int:
     """A power-of-two tile covering `dim` up to `cap` (at least 16, the smallest tl.dot operand)."""
     return max(16, min(cap, triton.next_power_of_2(dim)))
+
+
+def state_tiles(K: int, V: int) -> tuple:
+    """(BK, BV) of the kernels that hold a [K, V] state in registers: all of K, V in 32-wide blocks."""
+    return block(K, 128), block(V, 32)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

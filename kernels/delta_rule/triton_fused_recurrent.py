@@ -10,7 +10,7 @@ import triton.language as tl
 
 from .triton_chunk_bwd import chunk_bwd
 from .triton_chunk_fwd import chunk_fwd
-from .triton_common import autotune, block, chunk_layout, new_empty, warps
+from .triton_common import autotune, chunk_layout, new_empty, state_tiles, warps
 
 BACKWARD_CHUNK = 64
 
@@ -52,7 +52,7 @@ def fused_recurrent_fwd(q, k, v, beta, scale, initial_state, output_final_state,
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = cu.numel() - 1
-    BK, BV = block(K, 128), block(V, 32)
+    BK, BV = state_tiles(K, V)
     o = new_empty((B, T, H, V), v.dtype, q.device)
     ht = new_empty((N, H, K, V), torch.float32, q.device) if output_final_state else None
     _fused_recurrent_fwd_kernel[(triton.cdiv(V, BV), N, H)](

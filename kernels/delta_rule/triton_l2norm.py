@@ -37,9 +37,14 @@ def _l2norm_bwd_kernel(x, dy, dx, R, eps, D: tl.constexpr, BD: tl.constexpr, BR:
     tl.store(dx + p, b_dx.to(dx.dtype.element_ty), mask=m)
 
 
-def _launch(kernel, D, R, *args):
+def row_tiles(D: int) -> tuple:
+    """(BD, BR): the power-of-two width covering D, and rows per program (~4k elements)."""
     BD = triton.next_power_of_2(D)
-    BR = max(1, 4096 // BD)  # rows per program: ~4k elements
+    return BD, max(1, 4096 // BD)
+
+
+def _launch(kernel, D, R, *args):
+    BD, BR = row_tiles(D)
     kernel[(triton.cdiv(R, BR),)](*args, R, EPS, D=D, BD=BD, BR=BR)
 
 
