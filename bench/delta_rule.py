@@ -1,21 +1,28 @@
 """Delta-rule benchmark: our Triton kernels against fla's chunk_delta_rule and our torch path, in the same run.
 
-On CUDA: forward and forward+backward time of chunk_delta_rule with backend="triton" (ours), fla's
-`fla.ops.delta_rule.chunk_delta_rule` (when importable) and backend="torch" (ours), bf16 inputs, B=4, H=8,
-K=V=128 (and 64), with the q/k l2norm in the op as our DeltaNet layer calls it. Each time is the median of
---repeats timed runs after two warm-up calls (compilation, autotuning), every run bracketed by
-torch.cuda.synchronize and long enough (repeated inner calls) to dwarf timer overhead. The issue's goal: forward
-plus backward at least as fast as fla's at T = 4096 (aim for 1.2x).
+On CUDA: forward and forward+backward time of chunk_delta_rule with backend="triton" and backend="torch" (ours),
+then fla's `fla.ops.delta_rule.chunk_delta_rule` (when installed), bf16 inputs, B=4, H=8, K=V=128 (and 64), with
+the q/k l2norm in the op as our DeltaNet layer calls it. Each time is the median of --repeats timed runs after two
+warm-up calls (compilation, autotuning), every run bracketed by torch.cuda.synchronize and long enough (repeated
+inner calls) to dwarf timer overhead. Ours are printed as they are measured. fla's first call at each head dim
+autotunes (it compiles and times every config of each of its kernels: minutes on a fresh machine), so fla runs
+last, in a child process stopped after --fla-timeout seconds, with --fla-repeats (fewer) timed runs; shapes it did
+not reach show as "-". The issue's goal: forward plus backward at least as fast as fla's at T = 4096 (aim 1.2x).
 
 On CPU (no CUDA): fp32 forward+backward of our torch path against fla's plain-torch references
 (`delta_rule_chunkwise`, chunk 64, and the token loop `delta_rule_recurrence`) at B=2, H=4, K=V=64.
 
-    python bench/delta_rule.py [--quick] [--repeats 7] [--no-l2norm]
+    python bench/delta_rule.py [--quick] [--repeats 7] [--no-l2norm] [--fla-timeout 300] [--fla-repeats 3]
 """
 import argparse
+import importlib.util
+import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -74,50 +81,103 @@ def fwd_and_fwd_bwd(op, inputs):
     return fwd, fwd_bwd
 
 
+GPU_B, GPU_H = 4, 8
+
+
+def gpu_shapes(args):
+    """(T, K=V) pairs timed on the GPU."""
+    Ts = (4096,) if args.quick else (2048, 4096, 8192)
+    dims = (128,) if args.quick else (128, 64)
+    return [(T, D) for D in dims for T in Ts]
+
+
 def gpu_ops(l2norm):
-    """name -> op(q, k, v, beta) -> o for every provider importable here; ours first, so a timeout keeps them."""
-    ops = {"triton": lambda *x: chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm, backend="triton")[0],
-           "torch": lambda *x: chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm, backend="torch")[0]}
-    try:
-        from fla.ops.delta_rule import chunk_delta_rule as fla_chunk_delta_rule
-        ops["fla"] = lambda *x: fla_chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm)[0]
-    except ImportError as err:
-        print(f"fla not importable ({err}); comparing with our torch path only")
-    return ops
+    """name -> op(q, k, v, beta) -> o for our two backends."""
+    return {name: (lambda *x, backend=name: chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm,
+                                                              backend=backend)[0])
+            for name in ("triton", "torch")}
+
+
+def time_op(op, T, D, repeats):
+    """(fwd ms, fwd+bwd ms) of op on the benchmark's bf16 inputs at (T, K=V=D)."""
+    fwd, fwd_bwd = fwd_and_fwd_bwd(op, make_inputs(GPU_B, T, GPU_H, D, torch.bfloat16, "cuda"))
+    return median_seconds(fwd, repeats) * 1e3, median_seconds(fwd_bwd, repeats) * 1e3
+
+
+def fla_child(args):
+    """In a child process: time fla's chunk_delta_rule at every shape, one 'FLA {json}' line per shape."""
+    from fla.ops.delta_rule import chunk_delta_rule as fla_chunk_delta_rule
+
+    def op(*x):
+        return fla_chunk_delta_rule(*x, use_qk_l2norm_in_kernel=not args.no_l2norm)[0]
+
+    for T, D in gpu_shapes(args):
+        fwd, fwd_bwd = time_op(op, T, D, args.fla_repeats)
+        print("FLA " + json.dumps({"T": T, "D": D, "fwd": fwd, "fwd_bwd": fwd_bwd}), flush=True)
+
+
+def fla_results(args):
+    """{(T, D): (fwd ms, fwd+bwd ms)} from fla in a child process stopped after --fla-timeout seconds.
+
+    fla's first call at each head dim autotunes: it compiles and times every config of each of its kernels, which
+    takes minutes on a fresh machine (Triton caches the choice on disk, so a rerun is quick). Running it in a child
+    keeps our numbers, printed before, safe from that wait, and the timeout bounds it."""
+    if importlib.util.find_spec("fla") is None:
+        print("fla not installed; no peer column")
+        return {}
+    print(f"fla: timing in a child process (at most {args.fla_timeout:.0f} s; its first call at each head dim "
+          f"autotunes), median of {args.fla_repeats}", flush=True)
+    cmd = [sys.executable, os.path.abspath(__file__), "--fla-child", f"--fla-repeats={args.fla_repeats}"]
+    cmd += ["--quick"] * args.quick + ["--no-l2norm"] * args.no_l2norm
+    with tempfile.TemporaryFile("w+") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            child.wait(timeout=args.fla_timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        log.seek(0)
+        lines = log.read().splitlines()
+    found = {}
+    for line in lines:
+        if line.startswith("FLA "):
+            r = json.loads(line[4:])
+            found[r["T"], r["D"]] = (r["fwd"], r["fwd_bwd"])
+            print(f"  T={r['T']:5d} K=V={r['D']:3d} fla    fwd {r['fwd']:8.3f} ms  fwd+bwd {r['fwd_bwd']:8.3f} ms")
+    missing = [shape for shape in gpu_shapes(args) if shape not in found]
+    if missing:
+        why = (f"stopped after {args.fla_timeout:.0f} s (autotuning)" if child.returncode == -signal.SIGKILL
+               else f"exited with code {child.returncode}")
+        tail = "\n    ".join(line for line in lines[-8:] if not line.startswith("FLA "))
+        print(f"  fla: no result for (T, K=V) {missing}: {why}" + (f"; its last output:\n    {tail}" if tail else ""))
+    return found
 
 
 def bench_gpu(args):
-    B, H = 4, 8
-    Ts = (4096,) if args.quick else (2048, 4096, 8192)
-    dims = (128,) if args.quick else (128, 64)
-    ops = gpu_ops(not args.no_l2norm)
-    print(f"{torch.cuda.get_device_name()}: bf16, B={B}, H={H}, qk l2norm in op: {not args.no_l2norm}, "
+    print(f"{torch.cuda.get_device_name()}: bf16, B={GPU_B}, H={GPU_H}, qk l2norm in op: {not args.no_l2norm}, "
           f"median of {args.repeats}")
-    rows = []
-    for D in dims:
-        for T in Ts:
-            inputs = make_inputs(B, T, H, D, torch.bfloat16, "cuda")
-            row = {"T": T, "D": D}
-            for name, op in ops.items():
-                fwd, fwd_bwd = fwd_and_fwd_bwd(op, inputs)
-                row[name] = (median_seconds(fwd, args.repeats) * 1e3, median_seconds(fwd_bwd, args.repeats) * 1e3)
-                print(f"  T={T:5d} K=V={D:3d} {name:6s} fwd {row[name][0]:8.3f} ms  fwd+bwd {row[name][1]:8.3f} ms",
-                      flush=True)
-            rows.append(row)
-    names = list(ops)
-    print("\nfwd+bwd ms (fwd ms); ratio = their time / ours (> 1: ours faster)")
+    rows = {}
+    for T, D in gpu_shapes(args):
+        for name, op in gpu_ops(not args.no_l2norm).items():
+            rows.setdefault((T, D), {})[name] = time_op(op, T, D, args.repeats)
+            fwd, fwd_bwd = rows[T, D][name]
+            print(f"  T={T:5d} K=V={D:3d} {name:6s} fwd {fwd:8.3f} ms  fwd+bwd {fwd_bwd:8.3f} ms", flush=True)
+    if args.fla_timeout > 0:
+        for shape, times in fla_results(args).items():
+            rows[shape]["fla"] = times
+    names = ["triton", "torch", "fla"]
+    print("\nfwd+bwd ms (fwd ms); ratio = their time / ours (> 1: ours faster); - where not measured")
     print(f"{'T':>6} {'K=V':>4} " + " ".join(f"{n:>18}" for n in names)
-          + "".join(f" {n + '/ours':>11}" for n in names if n != "triton"))
-    for row in rows:
-        cells = " ".join(f"{row[n][1]:9.3f} ({row[n][0]:6.3f})" for n in names)
-        ratios = "".join(f" {row[n][1] / row['triton'][1]:11.2f}" for n in names if n != "triton")
-        print(f"{row['T']:>6} {row['D']:>4} {cells}{ratios}")
-    if "fla" in ops:
-        for row in rows:
-            if row["T"] == 4096:
-                ratio = row["fla"][1] / row["triton"][1]
-                verdict = "met" if ratio >= 1.2 else ("at least fla's speed" if ratio >= 1.0 else "NOT met")
-                print(f"goal at T=4096, K=V={row['D']}: fla/ours fwd+bwd = {ratio:.2f} (aim 1.2): {verdict}")
+          + "".join(f" {n + '/ours':>11}" for n in names[1:]))
+    for (T, D), row in rows.items():
+        cells = " ".join(f"{row[n][1]:9.3f} ({row[n][0]:6.3f})" if n in row else f"{'-':>18}" for n in names)
+        ratios = "".join(f" {row[n][1] / row['triton'][1]:11.2f}" if n in row else f"{'-':>11}" for n in names[1:])
+        print(f"{T:>6} {D:>4} {cells}{ratios}")
+    for (T, D), row in rows.items():
+        if T == 4096 and "fla" in row:
+            ratio = row["fla"][1] / row["triton"][1]
+            verdict = "met" if ratio >= 1.2 else ("at least fla's speed" if ratio >= 1.0 else "NOT met")
+            print(f"goal at T=4096, K=V={D}: fla/ours fwd+bwd = {ratio:.2f} (aim 1.2): {verdict}")
 
 
 def bench_cpu(args):
@@ -152,9 +212,17 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer shapes (T=4096, K=V=128 on GPU)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median; >= 5)")
     parser.add_argument("--no-l2norm", action="store_true", help="feed unit-norm q, k without the in-op l2norm")
+    parser.add_argument("--fla-timeout", type=float, default=300,
+                        help="GPU: seconds allowed for all of fla's timings, autotuning included (0 skips fla)")
+    parser.add_argument("--fla-repeats", type=int, default=3, help="GPU: timed runs per fla measurement (median)")
+    parser.add_argument("--fla-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fla_child:
+        return fla_child(args)
     if args.repeats < 5:
         parser.error(f"--repeats must be at least 5, got {args.repeats}")
+    if args.fla_repeats < 1:
+        parser.error(f"--fla-repeats must be at least 1, got {args.fla_repeats}")
     import triton
     print(f"torch {torch.__version__}, triton {triton.__version__}")
     if torch.cuda.is_available():

@@ -22,7 +22,7 @@ step "gpu tests"
 timeout 210 $PY -m pytest -q -m gpu tests -p no:cacheprovider --durations=10 2>&1 | tee "$OUT/gpu_tests.log"
 
 step "delta rule benchmark"
-timeout 100 $PY bench/delta_rule.py --quick 2>&1 | tee "$OUT/bench_delta_rule.log"
+timeout 200 $PY bench/delta_rule.py --quick --fla-timeout 150 2>&1 | tee "$OUT/bench_delta_rule.log"
 
 step "selective scan benchmark"
 timeout 100 $PY bench/selective_scan.py --quick 2>&1 | tee "$OUT/bench_selective_scan.log"

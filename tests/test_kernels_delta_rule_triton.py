@@ -169,7 +169,7 @@ def assert_fp16_close(q, k, v, beta, h0):
     # Dot operands (T, W, U, the chunk states, U' and their gradients) are rounded to fp16 (unit roundoff
     # u = 4.9e-4) and accumulated in fp32. At beta = 2 every transition is a reflection that never damps an earlier
     # rounding, so errors add up over the sequence: observed <= 2.4e-3 at T = 100 over seeds (<= 1.4e-3 for
-    # random beta; <= 8e-4 at K = V = 128, T = 100). 5e-3 (~10 u) leaves room for other seeds; a wrong term
+    # random beta; <= 7e-4 at K = V = 128, T = 100). 5e-3 (~10 u) leaves room for other seeds; a wrong term
     # gives O(1).
     assert_all_close(ours, ref, 5e-3)
 
@@ -206,7 +206,7 @@ def test_results_do_not_depend_on_what_fresh_buffers_hold(gpu_tiles, monkeypatch
 
 
 @pytest.mark.skipif("nvidia" not in triton.backends.backends, reason="needs Triton's NVIDIA compiler backend")
-@pytest.mark.parametrize("K, V", [(128, 128), (32, 32)])
+@pytest.mark.parametrize("K, V", [(128, 128), (64, 32)])
 def test_hopper_code_avoids_patterns_that_miscompile(K, V):
     """Compiles every kernel under every GPU config for sm_90 (no GPU needed; see triton_sm90_check): patterns
     that pass the interpreter yet give wrong, run-to-run different results on an H100/H200 must not appear."""

@@ -8,7 +8,8 @@
 
 Tokens of all sequences are packed along one axis (a dense batch is B sequences of length T), so chunks never
 straddle two sequences and a state starts afresh at each sequence start. Dots take the inputs' dtype with fp32
-accumulation; T, the states' running sums and the final state stay fp32.
+accumulation; T, the states' running sums and the final state stay fp32. triton_sm90_check.py checks the code
+compiled for Hopper against two patterns that give wrong results there (see its docstring).
 """
 import torch
 import triton
