@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) train.py --config configs/default.yaml --demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) train.py --config configs/default.yaml
 
 test: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m pytest -q tests

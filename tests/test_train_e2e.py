@@ -118,3 +118,15 @@ def test_cli_reports_bad_config_cleanly(tmp_path):
     assert out.returncode == 2
     assert "model.hiden_size: unknown key; did you mean model.hidden_size?" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_make_demo_runs_a_valid_command():
+    """The Makefile's demo recipe must parse (train.py's CLI) and name a config that loads."""
+    import shlex
+
+    import train as train_cli
+
+    recipe = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "train.py" in line)
+    args = shlex.split(recipe.split("train.py", 1)[1])
+    parsed = train_cli.parse_args(args)
+    assert load_config(ROOT / parsed.config, parsed.overrides).out_dir == "runs/default"
