@@ -96,8 +96,10 @@ def test_resume_refuses_a_different_model(cache_dir, tmp_path):
     from trainer.checkpoint import CheckpointError
 
     train(tiny(cache_dir, tmp_path / "run", "train.stop_at_step=4"), log=lambda m: None)
+    saved = (tmp_path / "run/config.yaml").read_text()
     with pytest.raises(CheckpointError, match="different model"):
         train(tiny(cache_dir, tmp_path / "run", "model.hidden_size=64"), log=lambda m: None)
+    assert (tmp_path / "run/config.yaml").read_text() == saved  # the refused run overwrote nothing
 
 
 @pytest.mark.parametrize("overrides", [

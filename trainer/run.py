@@ -100,7 +100,6 @@ def train(cfg: Config, log=print) -> RunSummary:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = resume_source(cfg, out_dir, log)
-    save_config(cfg, out_dir / "config.yaml")
     seed_everything(cfg.seed)
     device = pick_device(cfg.train.device)
 
@@ -116,6 +115,7 @@ def train(cfg: Config, log=print) -> RunSummary:
     if source is not None:
         restore_training_state(trainer, source)
         log(f"resumed from {source} (step {trainer.step})")
+    save_config(cfg, out_dir / "config.yaml")  # after the resume checks, so a refused run leaves the old one
     log(f"model: {cfg.model.mixer}, allow_neg_eigval={cfg.model.allow_neg_eigval}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; device {device}")
 
