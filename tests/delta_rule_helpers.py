@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from kernels.delta_rule import delta_rule_naive
+
 NAMES = ("o", "final_state", "dq", "dk", "dv", "dbeta", "dh0")
 
 
@@ -31,3 +33,14 @@ def outputs_and_grads(fn, q, k, v, beta, h0, **kwargs):
     loss = (o.float() * torch.randn(o.shape, generator=gen)).sum() + (S * torch.randn(S.shape, generator=gen)).sum()
     leaves = [x for x in (q, k, v, beta, h0) if x is not None]
     return (o, S, *torch.autograd.grad(loss, leaves))
+
+
+def per_sequence_reference(bounds):
+    """An op with chunk_delta_rule's signature that runs the naive op on each packed sequence [s, e) of `bounds`
+    on its own (initial state n for sequence n) and concatenates the results: the varlen reference."""
+    def per_sequence(q, k, v, beta, initial_state, output_final_state):
+        runs = [delta_rule_naive(q[:, s:e], k[:, s:e], v[:, s:e], beta[:, s:e], initial_state=initial_state[n:n + 1],
+                                 output_final_state=output_final_state)
+                for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        return torch.cat([o for o, _ in runs], 1), torch.cat([S for _, S in runs])
+    return per_sequence

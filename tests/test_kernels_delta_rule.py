@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from delta_rule_helpers import NAMES, make_inputs, outputs_and_grads, rel_rms
+from delta_rule_helpers import NAMES, make_inputs, outputs_and_grads, per_sequence_reference, rel_rms
 from kernels.delta_rule import chunk_delta_rule, delta_rule_naive
 
 FP32_TOL = 1e-5
@@ -75,14 +75,7 @@ def test_varlen_matches_a_loop_over_sequences():
     h0 = torch.randn(N, H, K, V).requires_grad_()
     cu = torch.tensor(bounds)
 
-    def per_sequence(q, k, v, beta, initial_state, output_final_state):
-        """The naive op run on each sequence on its own, results concatenated."""
-        runs = [delta_rule_naive(q[:, s:e], k[:, s:e], v[:, s:e], beta[:, s:e], initial_state=initial_state[n:n + 1],
-                                 output_final_state=output_final_state)
-                for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))]
-        return torch.cat([o for o, _ in runs], 1), torch.cat([S for _, S in runs])
-
-    ref = outputs_and_grads(per_sequence, q, k, v, beta, h0)
+    ref = outputs_and_grads(per_sequence_reference(bounds), q, k, v, beta, h0)
     assert_all_close(outputs_and_grads(chunk_delta_rule, q, k, v, beta, h0, cu_seqlens=cu), ref, FP32_TOL)
     assert_all_close(outputs_and_grads(chunk_delta_rule, q, k, v, beta, h0, cu_seqlens=cu, chunk_size=16),
                      ref, FP32_TOL)
