@@ -10,6 +10,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__, epilog="Overrides use the YAML's dotted keys, e.g. model.mixer=mamba train.max_steps=100")
     parser.add_argument("--config", help="YAML recipe under configs/ (defaults apply to keys it omits)")
     parser.add_argument("--list-keys", action="store_true", help="print every valid config key and exit")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser.parse_args(argv)
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print_summary(summary)
+    if summary.is_main:
+        print_summary(summary)
     return 0
 
 

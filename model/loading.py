@@ -28,6 +28,38 @@ def read_model_config(checkpoint: Path):
     return cfg
 
 
+def load_weights(model: torch.nn.Module, checkpoint: Path, strict: bool = True) -> None:
+    """Load a verified checkpoint's weights into `model`: model.safetensors, or DeepSpeed's files of any ZeRO
+    stage consolidated to fp32 (which needs deepspeed installed)."""
+    from trainer.checkpoint import CheckpointError
+
+    if (checkpoint / WEIGHTS).is_file():
+        load_model(model, str(checkpoint / WEIGHTS), strict=strict)
+        return
+    from trainer.deepspeed_engine import consolidated_state_dict, is_deepspeed_checkpoint
+
+    if not is_deepspeed_checkpoint(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint} has neither {WEIGHTS} nor a deepspeed/ directory")
+    state = consolidated_state_dict(checkpoint)
+    tied = {name for name in model.state_dict() if name not in state and _tied_source(model, name) in state}
+    for name in tied:  # weights tied to another parameter are stored once
+        state[name] = state[_tied_source(model, name)]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this model: missing {missing}, unexpected "
+                              f"{unexpected}")
+
+
+def _tied_source(model: torch.nn.Module, name: str) -> str | None:
+    """The first state-dict name sharing storage with `name`, if another one does."""
+    state = model.state_dict(keep_vars=True)
+    target = state[name]
+    for other, tensor in state.items():
+        if other != name and tensor is target:
+            return other
+    return None
+
+
 def from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", strict: bool = True):
     """Build the model a checkpoint describes and load its weights (verified against the manifest)."""
     from trainer.checkpoint import resolve
@@ -36,5 +68,5 @@ def from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     checkpoint = resolve(path)
     model = LanguageModel(read_model_config(checkpoint))
-    load_model(model, str(checkpoint / WEIGHTS), strict=strict)
+    load_weights(model, checkpoint, strict=strict)
     return model.to(device).eval()

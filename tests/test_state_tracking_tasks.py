@@ -295,9 +295,7 @@ def test_task_batches_resume_exactly():
     again = TaskBatches(task, 8, 3, 40, seed=11)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, [next(again) for _ in range(5)]))
     other = next(TaskBatches(task, 8, 3, 40, seed=12))
-    other_rank = next(TaskBatches(task, 8, 3, 40, seed=11, rank=1))
     assert not torch.equal(other[0][:, :3], first[0][0][:, :3])
-    assert not torch.equal(other_rank[0][:, :3], first[0][0][:, :3])
     with pytest.raises(ValueError, match="seed: saved 11, now 12"):
         TaskBatches(task, 8, 3, 40, seed=12).load_state_dict(saved)
     with pytest.raises(ValueError, match="task: saved"):
@@ -357,3 +355,20 @@ def test_mod_arith_prefix_supervision_labels_every_whole_prefix(name):
             whole = prefix[-1] not in "+-*(" and prefix.count("(") == prefix.count(")")
             expected = MOD_ANSWER0 + python_mod(prefix) if whole else -100
             assert labels[j] == expected, (text, j)
+
+
+def test_task_batches_split_one_global_batch_across_ranks():
+    """Ranks get disjoint rows of the single-process batch of the same global size, in rank order."""
+    task = TASKS["parity"]
+    whole = TaskBatches(task, 8, 3, 40, seed=5)
+    halves = [TaskBatches(task, 4, 3, 40, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        x, y = next(whole)
+        parts = [next(h) for h in halves]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+    saved = halves[1].state_dict()
+    with pytest.raises(ValueError, match="world_size: saved 2, now 1"):
+        TaskBatches(task, 4, 3, 40, seed=5).load_state_dict(saved)
+    with pytest.raises(ValueError, match="rank=2 must be smaller than world_size=2"):
+        TaskBatches(task, 4, 3, 40, seed=5, rank=2, world_size=2)

@@ -69,7 +69,7 @@ def test_run_directory_contract(cache_dir, tmp_path):
     latest = (run / "checkpoints/latest").read_text().strip()
     assert latest == "step-00000012" and summary.last_checkpoint == run / "checkpoints" / latest
     files = {p.name for p in (run / "checkpoints" / latest).iterdir()}
-    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "data_state_rank0.json",
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "data_state_rank0.pt",
             "rng_state_rank0.pt", "config.yaml", "manifest.json", "tokenizer"} <= files
     manifest = json.loads((run / "checkpoints" / latest / "manifest.json").read_text())
     assert manifest["step"] == 12 and manifest["tokens_seen"] == 12 * 2 * 32

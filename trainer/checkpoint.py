@@ -1,8 +1,9 @@
 """Checkpoint directories: written whole under a temporary name, verified by checksums, found via `latest`.
 
-Layout of `out_dir/checkpoints/step-XXXXXXXX/`: model.safetensors, optimizer.pt, trainer_state.json
-(step, tokens, scheduler), data_state_rank{r}.json, rng_state_rank{r}.pt, config.yaml, tokenizer/ and
-manifest.json (written last: step, tokens seen, sha256 of every file). `checkpoints/latest` is a one-line file
+Layout of `out_dir/checkpoints/step-XXXXXXXX/`: the engine's files (model.safetensors and optimizer.pt, or
+DeepSpeed's deepspeed/ directory), trainer_state.json (step, tokens, world size, engine, scheduler),
+data_state_rank{r}.pt and rng_state_rank{r}.pt per rank, config.yaml, tokenizer/ and manifest.json (written
+last: step, tokens seen, sha256 of every file). `checkpoints/latest` is a one-line file
 naming the newest complete checkpoint; it is replaced atomically after the checkpoint is in place.
 """
 from __future__ import annotations
@@ -28,6 +29,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt; the message names it and the fix."""
 
 
+def checkpoint_step(path: Path | None) -> int:
+    """The step a (verified) checkpoint directory holds, from its manifest; -1 for none."""
+    return -1 if path is None else int(json.loads((path / MANIFEST).read_text())["step"])
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -48,14 +54,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_checkpoint(root: Path, step: int, tokens_seen: int, write_files: Callable[[Path], None]) -> Path:
-    """Create `root/step-XXXXXXXX` atomically: `write_files(tmp_dir)` fills it, then the manifest seals it."""
-    root.mkdir(parents=True, exist_ok=True)
+def write_checkpoint(root: Path, step: int, tokens_seen: int, write_files: Callable[[Path], None],
+                     dist=None) -> Path:
+    """Create `root/step-XXXXXXXX` atomically: `write_files(tmp_dir)` fills it, then the manifest seals it.
+
+    With a process group (`dist`: is_main, barrier()), every rank writes its own files into the same temporary
+    directory (a filesystem all ranks share) and rank 0 alone seals it and moves `latest`.
+    """
+    is_main = dist is None or dist.is_main
+    barrier = dist.barrier if dist is not None else (lambda: None)
     final = root / step_dir_name(step)
-    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = root / f".tmp-{step_dir_name(step)}"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
+        tmp.mkdir()
+    barrier()
     write_files(tmp)
+    barrier()
+    if is_main:
+        _seal(tmp, step, tokens_seen)
+        if final.exists():  # re-saving a step (e.g. after a resume): move the old copy aside first
+            old = root / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        _set_latest(root, final.name)
+    barrier()
+    return final
+
+
+def _seal(tmp: Path, step: int, tokens_seen: int) -> None:
+    """fsync every file, then write the manifest of their checksums (last: its presence means complete)."""
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         with open(path, "rb+") as handle:
@@ -65,20 +99,10 @@ def write_checkpoint(root: Path, step: int, tokens_seen: int, write_files: Calla
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     _fsync_dir(tmp)
-    if final.exists():  # re-saving a step (e.g. after a resume): move the old copy aside first
-        old = root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(root)
-    _set_latest(root, final.name)
-    return final
 
 
 def _set_latest(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST}.tmp-{os.getpid()}"
+    tmp = root / f".{LATEST}.tmp"
     tmp.write_text(name + "\n")
     os.replace(tmp, root / LATEST)
     _fsync_dir(root)

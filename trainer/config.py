@@ -62,6 +62,7 @@ class TrainConfig:
 
     max_steps: int = 1000  # sets the schedule
     stop_at_step: int | None = None  # halt cleanly after this step with a checkpoint; schedule unchanged
+    max_minutes: float | None = None  # wall-time budget of this launch: halt cleanly with a checkpoint after it
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
     seq_len: int = 256
@@ -72,7 +73,9 @@ class TrainConfig:
     eval_every: int = 0  # validation loss every N steps (0: only at the end)
     eval_batches: int = 8
     resume: str = "auto"  # auto | never | PATH to a checkpoint or run directory
-    deepspeed: str | None = None
+    init_from: str | None = None  # start a new run from a checkpoint's weights only (not its optimizer or data)
+    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json; null = plain or DDP
+    dist_timeout_minutes: float = 30.0  # a collective waiting longer (a dead or stuck rank) fails the job
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
@@ -96,9 +99,14 @@ class TrainConfig:
             raise ValueError(f"train.device={self.device!r}: choose auto, cpu or cuda")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.precision={self.precision!r}: choose auto, fp32 or bf16")
-        if self.deepspeed is not None:
-            raise ValueError(f"train.deepspeed={self.deepspeed!r}: DeepSpeed training is not implemented yet; "
-                             f"set train.deepspeed=null")
+        for name in ("deepspeed", "init_from"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"train.{name} is empty; set a path or null")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"train.max_minutes={self.max_minutes} must be > 0 (or null for no budget)")
+        if not self.dist_timeout_minutes > 0:
+            raise ValueError(f"train.dist_timeout_minutes={self.dist_timeout_minutes} must be > 0")
         if not self.resume:
             raise ValueError("train.resume must be auto, never or a checkpoint path")
 
@@ -273,6 +281,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         return origin(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
     if kind is Any:
         return value
+    if dataclasses.is_dataclass(kind):  # e.g. an entry of a list of sources
+        return _build(kind, value, key + ".")
     if kind is type(None):
         if value is None:
             return None

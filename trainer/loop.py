@@ -5,7 +5,6 @@ Everything else (logging, checkpoints, evaluation, plots) hangs off the loop as 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -47,19 +46,22 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Runs optimizer steps from `step + 1` to the stop step, calling each callback after every step."""
+    """Runs optimizer steps from `step + 1` to the stop step, calling each callback after every step.
 
-    def __init__(self, cfg, model, optimizer, scheduler, data, device: torch.device, callbacks=(),
-                 tokenizer=None, world_size: int = 1):
+    `engine` (engine.py) computes the step: one process, DDP or DeepSpeed; `model` is the bare module, for
+    evaluation, sampling and statistics. Every rank runs the same loop; the logged loss is the mean over ranks.
+    """
+
+    def __init__(self, cfg, engine, data, dist, callbacks=(), tokenizer=None):
         self.cfg = cfg
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.engine = engine
+        self.model = engine.module
         self.data = data
-        self.device = device
+        self.dist = dist
+        self.device = dist.device
+        self.world_size = dist.world_size
         self.callbacks = list(callbacks)
         self.tokenizer = tokenizer
-        self.world_size = world_size
         self.step = 0
         self.tokens_seen = 0
         self.stop_step = cfg.train.stop_at_step or cfg.train.max_steps
@@ -69,7 +71,7 @@ class Trainer:
         precision = self.cfg.train.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision == "bf16":
+        if precision == "bf16" and not self.engine.manages_precision:
             return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext
 
@@ -79,15 +81,26 @@ class Trainer:
     def fit(self) -> None:
         for callback in self.callbacks:
             callback.on_train_start(self)
+        started = time.monotonic()
         while self.step < self.stop_step:
             result = self.train_step()
+            if self._out_of_time(started):
+                self.stop_step = self.step  # callbacks now treat this as the last step: evaluate, save, log
             for callback in self.callbacks:
                 callback.on_step_end(self, result)
         for callback in self.callbacks:
             callback.on_train_end(self)
 
+    def _out_of_time(self, started: float) -> bool:
+        """Whether train.max_minutes has passed on any rank (all ranks must stop at the same step)."""
+        budget = self.cfg.train.max_minutes
+        if budget is None:
+            return False
+        late = (time.monotonic() - started) / 60 >= budget
+        return self.dist.mean(float(late)) > 0
+
     def train_step(self) -> StepResult:
-        train = self.cfg.train
+        accum = self.cfg.train.grad_accum_steps
         step = self.step + 1
         start = time.perf_counter()
         self.model.train()
@@ -95,27 +108,24 @@ class Trainer:
         if track:
             self.model.track_eigenvalues(True)
         total_loss, eig_stats, tokens = 0.0, {}, 0
-        for micro in range(train.grad_accum_steps):
+        for micro in range(accum):
             inputs, targets = (t.to(self.device, non_blocking=True) for t in split_batch(next(self.data)))
             tokens += inputs.numel()
-            with self.autocast():
-                logits = self.model(inputs)
-            loss = lm_loss(logits, targets) / train.grad_accum_steps
-            loss.backward()
-            total_loss += loss.item()
+            with self.engine.micro_batch(last=micro == accum - 1):
+                with self.autocast():
+                    logits = self.engine.forward(inputs)
+                loss = lm_loss(logits, targets)
+                self.engine.backward(loss)
+            total_loss += loss.item() / accum
             if track and micro == 0:  # statistics of the first micro-batch are enough
                 eig_stats = self.model.eigenvalue_stats()
                 self.model.track_eigenvalues(False)
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.engine.lr()
+        grad_norm = self.engine.step()
         self.step = step
         self.tokens_seen += tokens * self.world_size
-        result = StepResult(step=step, loss=total_loss, grad_norm=grad_norm, lr=lr, tokens=self.tokens_seen,
-                            step_time=time.perf_counter() - start)
+        result = StepResult(step=step, loss=self.dist.mean(total_loss), grad_norm=grad_norm, lr=lr,
+                            tokens=self.tokens_seen, step_time=time.perf_counter() - start)
         result.extra.update(eig_stats)
         return result
 

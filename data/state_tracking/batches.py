@@ -35,30 +35,38 @@ def make_batch(task: Task, rng: np.random.Generator, batch_size: int, min_len: i
 
 
 class TaskBatches:
-    """Endless training batches; batch i depends only on (seed, rank, i), so resuming at any i is exact.
+    """Endless training batches; batch i depends only on (seed, i), so resuming at any i is exact.
 
-    `rank` gives each data-parallel process its own stream (0 for one process).
+    Data-parallel process `rank` of `world_size` gets its rows of a global batch of batch_size * world_size
+    samples, so the global batch (and the loss curve) does not depend on how many processes share it.
     """
 
-    def __init__(self, task: Task, batch_size: int, min_len: int, max_len: int, seed: int, rank: int = 0):
+    def __init__(self, task: Task, batch_size: int, min_len: int, max_len: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
         task.lengths(min_len, max_len)  # validates the range
         self.task, self.min_len, self.max_len = task, min_len, max_len
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = check_int("seed", seed, 0)
+        self.world_size = check_int("world_size", world_size, 1)
         self.rank = check_int("rank", rank, 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank={rank} must be smaller than world_size={world_size}")
         self.batches_drawn = 0
 
     def __iter__(self) -> "TaskBatches":
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, self.rank, self.batches_drawn])
+        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, 0, self.batches_drawn])
         self.batches_drawn += 1
-        return make_batch(self.task, rng, self.batch_size, self.min_len, self.max_len)
+        input_ids, labels = make_batch(self.task, rng, self.batch_size * self.world_size, self.min_len,
+                                       self.max_len)
+        rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return input_ids[rows], labels[rows]
 
     def _identity(self) -> dict:
         return {"task": repr(self.task), "batch_size": self.batch_size, "min_len": self.min_len,
-                "max_len": self.max_len, "seed": self.seed, "rank": self.rank}
+                "max_len": self.max_len, "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
 
     def state_dict(self) -> dict:
         """{"batches_drawn": n, ...} plus what the stream was built with, so a mismatched resume is caught."""
