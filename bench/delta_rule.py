@@ -1,61 +1,43 @@
-"""Delta-rule benchmark: our Triton kernels against fla's chunk_delta_rule and our torch path, in the same run.
+"""Delta-rule benchmark (run it through bench/kernels.py): our chunk_delta_rule against fla's and our torch path.
 
-On CUDA: forward and forward+backward time of chunk_delta_rule with backend="triton" and backend="torch" (ours),
-then fla's `fla.ops.delta_rule.chunk_delta_rule` (when installed), bf16 inputs, B=4, H=8, K=V=128 (and 64), with
-the q/k l2norm in the op as our DeltaNet layer calls it. Each time is the median of --repeats timed runs after two
-warm-up calls (compilation, autotuning), every run bracketed by torch.cuda.synchronize and long enough (repeated
-inner calls) to dwarf timer overhead. Ours are printed as they are measured. fla's first call at each head dim
-autotunes (it compiles and times every config of each of its kernels: minutes on a fresh machine), so fla runs
-last, in a child process stopped after --fla-timeout seconds, with --fla-repeats (fewer) timed runs; shapes it did
-not reach show as "-". The issue's goal: forward plus backward at least as fast as fla's at T = 4096 (aim 1.2x).
+GPU: forward and forward+backward of backend="triton" and backend="torch" (ours), bf16, B=4, H=8,
+T in {1024, 2048, 4096, 8192}, K=V in {128, 64}, with the q/k l2norm in the op as our DeltaNet layer calls it;
+then fla's `fla.ops.delta_rule.chunk_delta_rule` (when installed) in a child process stopped after a time limit:
+its first call at each head dim autotunes (it compiles and times every config of each of its kernels: minutes on
+a fresh machine), and shapes it did not reach show as "-". The issue's goal: forward plus backward at least as
+fast as fla's at T = 4096 (aim 1.2x).
 
-On CPU (no CUDA): fp32 forward+backward of our torch path against fla's plain-torch references
+CPU: fp32 forward and forward+backward of our torch path against fla's plain-torch references
 (`delta_rule_chunkwise`, chunk 64, and the token loop `delta_rule_recurrence`) at B=2, H=4, K=V=64.
-
-    python bench/delta_rule.py [--quick] [--repeats 7] [--no-l2norm] [--fla-timeout 300] [--fla-repeats 3]
 """
-import argparse
 import importlib.util
-import json
-import os
-import signal
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.timing import device, emit, median_ms, print_table, report, rows_from_records, run_child
+from kernels.delta_rule import chunk_delta_rule
 
-from kernels.delta_rule import chunk_delta_rule  # noqa: E402
+GPU_B, GPU_H = 4, 8
+GPU_LENGTHS = (1024, 2048, 4096, 8192)
+GPU_DIMS = (128, 64)
+CPU_B, CPU_H, CPU_D = 2, 4, 64
+GPU_DTYPE = torch.bfloat16
+CHUNK = 64  # chunk size of our kernels and fla's
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def chunk_flops(B, T, H, D, backward, C=CHUNK):
+    """FLOPs of the chunked (WY) delta rule with K = V = D; a matmul counts 2mnk, in full, as the kernels run it.
 
-
-def median_seconds(fn, repeats, min_run_s=0.02):
-    """Median wall time of one call: warm up twice, then time `repeats` runs of enough calls to last min_run_s."""
-    fn()
-    fn()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    inner = max(1, int(min_run_s / max(time.perf_counter() - start, 1e-6)))
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        sync()
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
+    Per head and chunk of C tokens: A = beta K K^T 2C^2K; inverting the unit lower-triangular I + A C^3/3;
+    W = T beta K and U = T beta V 2C^2K + 2C^2V; Q K^T 2C^2K; v_new = U - W S 2CKV; o = Q S + (Q K^T) v_new
+    2CKV + 2C^2V; S += K^T v_new 2CKV. Sum 6C^2K + 4C^2V + 6CKV + C^3/3, times B H T / C chunks. The backward
+    counts twice the forward (a product's gradients are two products of its size); its recomputation of the
+    forward and the O(T K) l2norm are not counted.
+    """
+    K = V = D
+    per_chunk = 6 * C * C * K + 4 * C * C * V + 6 * C * K * V + C ** 3 / 3
+    return B * H * T / C * per_chunk * (3 if backward else 1)
 
 
 def make_inputs(B, T, H, D, dtype, device, seed=0):
@@ -66,8 +48,9 @@ def make_inputs(B, T, H, D, dtype, device, seed=0):
     return [x.to(dtype).requires_grad_() for x in (q, F.normalize(k, dim=-1), v, beta)]
 
 
-def fwd_and_fwd_bwd(op, inputs):
-    """Closures: forward only (no graph), and forward plus backward of a fixed cotangent of o."""
+def time_op(op, B, T, H, D, dtype, device, repeats=7):
+    """{"fwd": ms, "fwd_bwd": ms} of op(q, k, v, beta) -> o: forward without a graph, and forward plus backward."""
+    inputs = make_inputs(B, T, H, D, dtype, device)
     do = torch.randn_like(inputs[2])
 
     def fwd():
@@ -75,161 +58,116 @@ def fwd_and_fwd_bwd(op, inputs):
             op(*inputs)
 
     def fwd_bwd():
-        o = op(*inputs)
-        torch.autograd.grad(o, inputs, do)
+        torch.autograd.grad(op(*inputs), inputs, do)
 
-    return fwd, fwd_bwd
-
-
-GPU_B, GPU_H = 4, 8
+    return {"fwd": median_ms(fwd, repeats), "fwd_bwd": median_ms(fwd_bwd, repeats)}
 
 
-def gpu_shapes(args):
-    """(T, K=V) pairs timed on the GPU."""
-    Ts = (4096,) if args.quick else (2048, 4096, 8192)
-    dims = (128,) if args.quick else (128, 64)
-    return [(T, D) for D in dims for T in Ts]
+def ours(backend, l2norm):
+    """Our chunk_delta_rule as op(q, k, v, beta) -> o."""
+    return lambda *x: chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm, backend=backend)[0]
 
 
-def gpu_ops(l2norm):
-    """name -> op(q, k, v, beta) -> o for our two backends."""
-    return {name: (lambda *x, backend=name: chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm,
-                                                              backend=backend)[0])
-            for name in ("triton", "torch")}
+def gpu_rate(shape, key, ms):
+    """Achieved TFLOP/s of the GPU shape (T, K=V) by chunk_flops."""
+    T, D = shape
+    return chunk_flops(GPU_B, T, GPU_H, D, key == "fwd_bwd") / (ms * 1e-3) / 1e12
 
 
-def time_op(op, T, D, repeats):
-    """(fwd ms, fwd+bwd ms) of op on the benchmark's bf16 inputs at (T, K=V=D)."""
-    fwd, fwd_bwd = fwd_and_fwd_bwd(op, make_inputs(GPU_B, T, GPU_H, D, torch.bfloat16, "cuda"))
-    return median_seconds(fwd, repeats) * 1e3, median_seconds(fwd_bwd, repeats) * 1e3
+def cpu_rate(shape, key, ms):
+    """Achieved GFLOP/s of the CPU shape (T, K=V) by chunk_flops (for every method, whatever it computes)."""
+    T, D = shape
+    return chunk_flops(CPU_B, T, CPU_H, D, key == "fwd_bwd") / (ms * 1e-3) / 1e9
 
 
-def fla_child(args):
-    """In a child process: time fla's chunk_delta_rule at every shape, one 'FLA {json}' line per shape."""
+def fla_order(shapes):
+    """T = 4096 (the goal's length) first at each head dim, so a short time limit still reaches it."""
+    return sorted(shapes, key=lambda s: (GPU_DIMS.index(s[1]), s[0] != 4096))
+
+
+def fla_child(shapes, l2norm):
+    """In a child process: time fla's chunk_delta_rule at every (T, K=V), emitting one record per shape."""
     from fla.ops.delta_rule import chunk_delta_rule as fla_chunk_delta_rule
 
     def op(*x):
-        return fla_chunk_delta_rule(*x, use_qk_l2norm_in_kernel=not args.no_l2norm)[0]
+        return fla_chunk_delta_rule(*x, use_qk_l2norm_in_kernel=l2norm)[0]
 
-    for T, D in gpu_shapes(args):
-        fwd, fwd_bwd = time_op(op, T, D, args.fla_repeats)
-        print("FLA " + json.dumps({"T": T, "D": D, "fwd": fwd, "fwd_bwd": fwd_bwd}), flush=True)
+    for T, D in shapes:
+        emit(shape=[T, D], **time_op(op, GPU_B, T, GPU_H, D, GPU_DTYPE, device()))
 
 
-def fla_results(args):
-    """{(T, D): (fwd ms, fwd+bwd ms)} from fla in a child process stopped after --fla-timeout seconds.
-
-    fla's first call at each head dim autotunes: it compiles and times every config of each of its kernels, which
-    takes minutes on a fresh machine (Triton caches the choice on disk, so a rerun is quick). Running it in a child
-    keeps our numbers, printed before, safe from that wait, and the timeout bounds it."""
+def fla_rows(shapes, l2norm, timeout):
+    """fla's rows from a child process stopped after `timeout` seconds; our rows are printed before this wait."""
     if importlib.util.find_spec("fla") is None:
-        print("fla not installed; no peer column")
-        return {}
-    print(f"fla: timing in a child process (at most {args.fla_timeout:.0f} s; its first call at each head dim "
-          f"autotunes), median of {args.fla_repeats}", flush=True)
-    cmd = [sys.executable, os.path.abspath(__file__), "--fla-child", f"--fla-repeats={args.fla_repeats}"]
-    cmd += ["--quick"] * args.quick + ["--no-l2norm"] * args.no_l2norm
-    with tempfile.TemporaryFile("w+") as log:
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-        try:
-            child.wait(timeout=args.fla_timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        log.seek(0)
-        lines = log.read().splitlines()
-    found = {}
-    for line in lines:
-        if line.startswith("FLA "):
-            r = json.loads(line[4:])
-            found[r["T"], r["D"]] = (r["fwd"], r["fwd_bwd"])
-            print(f"  T={r['T']:5d} K=V={r['D']:3d} fla    fwd {r['fwd']:8.3f} ms  fwd+bwd {r['fwd_bwd']:8.3f} ms")
-    missing = [shape for shape in gpu_shapes(args) if shape not in found]
+        print("fla is not installed: no peer column")
+        return []
+    print(f"fla: timing in a child process (at most {timeout:.0f} s; its first call at each head dim autotunes)",
+          flush=True)
+    torch.cuda.empty_cache()
+    records, note = run_child(fla_child, timeout, shapes=fla_order(shapes), l2norm=l2norm)
+    rows = rows_from_records(records, "fla")
+    for row in rows:
+        report(row, gpu_rate, "TFLOP/s")
+    missing = [s for s in shapes if s not in {row["shape"] for row in rows}]
     if missing:
-        why = (f"stopped after {args.fla_timeout:.0f} s (autotuning)" if child.returncode == -signal.SIGKILL
-               else f"exited with code {child.returncode}")
-        tail = "\n    ".join(line for line in lines[-8:] if not line.startswith("FLA "))
-        print(f"  fla: no result for (T, K=V) {missing}: {why}" + (f"; its last output:\n    {tail}" if tail else ""))
-    return found
+        print(f"  fla: no result for (T, K=V) {missing}: {note or 'no record'}")
+    return rows
 
 
-def bench_gpu(args):
-    print(f"{torch.cuda.get_device_name()}: bf16, B={GPU_B}, H={GPU_H}, qk l2norm in op: {not args.no_l2norm}, "
-          f"median of {args.repeats}")
-    rows = {}
-    for T, D in gpu_shapes(args):
-        for name, op in gpu_ops(not args.no_l2norm).items():
-            rows.setdefault((T, D), {})[name] = time_op(op, T, D, args.repeats)
-            fwd, fwd_bwd = rows[T, D][name]
-            print(f"  T={T:5d} K=V={D:3d} {name:6s} fwd {fwd:8.3f} ms  fwd+bwd {fwd_bwd:8.3f} ms", flush=True)
-    if args.fla_timeout > 0:
-        for shape, times in fla_results(args).items():
-            rows[shape]["fla"] = times
-    names = ["triton", "torch", "fla"]
-    print("\nfwd+bwd ms (fwd ms); ratio = their time / ours (> 1: ours faster); - where not measured")
-    print(f"{'T':>6} {'K=V':>4} " + " ".join(f"{n:>18}" for n in names)
-          + "".join(f" {n + '/ours':>11}" for n in names[1:]))
-    for (T, D), row in rows.items():
-        cells = " ".join(f"{row[n][1]:9.3f} ({row[n][0]:6.3f})" if n in row else f"{'-':>18}" for n in names)
-        ratios = "".join(f" {row[n][1] / row['triton'][1]:11.2f}" if n in row else f"{'-':>11}" for n in names[1:])
-        print(f"{T:>6} {D:>4} {cells}{ratios}")
-    for (T, D), row in rows.items():
-        if T == 4096 and "fla" in row:
-            ratio = row["fla"][1] / row["triton"][1]
+def bench_gpu(fla_timeout, l2norm=True):
+    """Time ours (Triton and torch) and fla on the GPU, print the tables; returns the rows."""
+    print(f"delta rule, {torch.cuda.get_device_name()}: {str(GPU_DTYPE)[6:]}, B={GPU_B}, H={GPU_H}, "
+          f"qk l2norm in op: {l2norm}; medians of triton.testing.do_bench")
+    shapes = [(T, D) for D in GPU_DIMS for T in GPU_LENGTHS]
+    rows = []
+    for T, D in shapes:
+        for backend in ("triton", "torch"):
+            rows.append(dict(shape=(T, D), name=backend,
+                             **time_op(ours(backend, l2norm), GPU_B, T, GPU_H, D, GPU_DTYPE, device())))
+            report(rows[-1], gpu_rate, "TFLOP/s")
+    if fla_timeout > 0:
+        rows += fla_rows(shapes, l2norm, fla_timeout)
+    print_table(rows, "(T, K=V)", ["triton", "torch", "fla"], gpu_rate, "TFLOP/s")
+    by = {(r["shape"], r["name"]): r for r in rows}
+    for D in GPU_DIMS:
+        if ((4096, D), "fla") in by:
+            ratio = by[(4096, D), "fla"]["fwd_bwd"] / by[(4096, D), "triton"]["fwd_bwd"]
             verdict = "met" if ratio >= 1.2 else ("at least fla's speed" if ratio >= 1.0 else "NOT met")
             print(f"goal at T=4096, K=V={D}: fla/ours fwd+bwd = {ratio:.2f} (aim 1.2): {verdict}")
+    return rows
 
 
-def bench_cpu(args):
-    B, H, D = 2, 4, 64
-    Ts = (256, 1024) if args.quick else (256, 1024, 2048)
-    print(f"CPU ({torch.get_num_threads()} threads), no CUDA: fp32 fwd+bwd, B={B}, H={H}, K=V={D}, "
-          f"median of {args.repeats}; the Triton kernels need a GPU (CI runs them under the interpreter)")
-    ops = {"ours torch": lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta, backend="torch")[0]}
+def cpu_ops():
+    """name -> op(q, k, v, beta) -> o on CPU: our torch path, and fla's plain-torch references when importable."""
+    ops = {"ours torch": ours("torch", l2norm=False)}
     try:
         from fla.ops.delta_rule.naive import delta_rule_chunkwise, delta_rule_recurrence
-
-        def fla_layout(fn):
-            """fla's references take [B, H, T, *] and return [B, H, T, V]."""
-            def op(q, k, v, beta):
-                return fn(*(x.transpose(1, 2) for x in (q, k, v, beta)))[0].transpose(1, 2)
-            return op
-
-        ops["fla chunkwise"] = fla_layout(lambda q, k, v, beta: delta_rule_chunkwise(q, k, v, beta, chunk_size=64))
-        ops["fla recurrence"] = fla_layout(delta_rule_recurrence)
     except ImportError as err:
-        print(f"fla not importable ({err}); timing our torch path only")
-    print(f"{'T':>6} " + " ".join(f"{n:>16}" for n in ops) + "".join(f" {n + '/ours':>20}" for n in list(ops)[1:]))
-    for T in Ts:
-        inputs = make_inputs(B, T, H, D, torch.float32, "cpu")
-        ms = {name: median_seconds(fwd_and_fwd_bwd(op, inputs)[1], args.repeats) * 1e3 for name, op in ops.items()}
-        ratios = "".join(f" {ms[n] / ms['ours torch']:20.2f}" for n in list(ops)[1:])
-        print(f"{T:>6} " + " ".join(f"{ms[n]:13.2f} ms" for n in ops) + ratios, flush=True)
+        print(f"fla is not importable ({err}): timing our torch path only")
+        return ops
+
+    def fla_layout(fn):
+        """fla's references take [B, H, T, *] and return [B, H, T, V]."""
+        return lambda *x: fn(*(t.transpose(1, 2) for t in x))[0].transpose(1, 2)
+
+    ops["fla chunkwise"] = fla_layout(lambda q, k, v, beta: delta_rule_chunkwise(q, k, v, beta, chunk_size=CHUNK))
+    ops["fla recurrence"] = fla_layout(delta_rule_recurrence)
+    return ops
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes (T=4096, K=V=128 on GPU)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median; >= 5)")
-    parser.add_argument("--no-l2norm", action="store_true", help="feed unit-norm q, k without the in-op l2norm")
-    parser.add_argument("--fla-timeout", type=float, default=300,
-                        help="GPU: seconds allowed for all of fla's timings, autotuning included (0 skips fla)")
-    parser.add_argument("--fla-repeats", type=int, default=3, help="GPU: timed runs per fla measurement (median)")
-    parser.add_argument("--fla-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.fla_child:
-        return fla_child(args)
-    if args.repeats < 5:
-        parser.error(f"--repeats must be at least 5, got {args.repeats}")
-    if args.fla_repeats < 1:
-        parser.error(f"--fla-repeats must be at least 1, got {args.fla_repeats}")
-    import triton
-    print(f"torch {torch.__version__}, triton {triton.__version__}")
-    if torch.cuda.is_available():
-        bench_gpu(args)
-    else:
-        bench_cpu(args)
-
-
-if __name__ == "__main__":
-    main()
+def bench_cpu(lengths, repeats=7):
+    """Time the torch paths in fp32 on CPU at K=V=64 for each T in lengths, print the tables; returns the rows."""
+    if any(T % CHUNK for T in lengths):
+        raise ValueError(f"delta rule CPU lengths must be multiples of {CHUNK} (fla's chunkwise reference needs whole "
+                         f"chunks), got {list(lengths)}")
+    print(f"delta rule, CPU ({torch.get_num_threads()} threads): fp32, B={CPU_B}, H={CPU_H}, K=V={CPU_D}, "
+          f"median of {repeats}")
+    ops = cpu_ops()
+    rows = []
+    for T in lengths:
+        for name, op in ops.items():
+            rows.append(dict(shape=(T, CPU_D), name=name, **time_op(op, CPU_B, T, CPU_H, CPU_D, torch.float32, "cpu",
+                                                                     repeats)))
+            report(rows[-1], cpu_rate, "GFLOP/s")
+    print_table(rows, "(T, K=V)", list(ops), cpu_rate, "GFLOP/s by the chunked count")
+    return rows

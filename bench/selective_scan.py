@@ -1,30 +1,30 @@
-"""Selective-scan benchmark: our Triton kernels against our torch path, and the short convolution beside them.
+"""Selective-scan benchmark (run it through bench/kernels.py): our Triton scan against our torch path and
+torch.compile of it, and the short convolution beside them.
 
-On CUDA: forward and forward+backward times (triton.testing.do_bench, median) of backend="triton" and
-backend="torch" (and mamba_ssm's selective_scan_fn when importable) at Mamba's sizes, with the achieved
-bandwidth: bytes of the op's inputs and outputs divided by the time, against the GPU's peak. Then torch's
-depthwise conv1d + SiLU (model/conv.py) at the same sizes, timed against the scan, to decide whether fusing
-the conv into a Triton kernel would pay. On CPU: the comparison of issue 7, our torch path against an
-efficient token loop over unbind slices, fwd+bwd in fp32, median of 7 runs after warm-up.
+GPU: forward and forward+backward of backend="triton" and backend="torch" (and mamba_ssm's selective_scan_fn
+when importable), bf16, (b, d, n) = (2, 2048, 16) as in Mamba, L in {1024, 2048, 4096, 8192}, with the achieved
+bandwidth: bytes of the op's inputs and outputs divided by the time, against the GPU's peak. torch.compile of the
+torch path runs in a child process stopped after a time limit (compiling the chunked loops takes long); a shape it
+did not reach or could not compile shows as "-" with the reason. Then torch's depthwise conv1d + SiLU
+(model/conv.py) at the same sizes, timed against the scan, to decide whether fusing the conv would pay.
 
-    python bench/selective_scan.py [--quick]
+CPU: our torch path against an efficient token loop over unbind slices (issue 7's comparison), fp32.
 """
-import argparse
 import math
-import os
-import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from kernels.selective_scan import selective_scan_fn  # noqa: E402
-from model.conv import ShortConv  # noqa: E402
+from bench.timing import device, emit, label, median_ms, print_table, report, rows_from_records, run_child, sync
+from kernels.selective_scan import selective_scan_fn
+from model.conv import ShortConv
 
 PEAK_TB_PER_S = {"H100": 3.35, "H200": 4.8}  # HBM bandwidth of the SXM parts
+GPU_LENGTHS = (1024, 2048, 4096, 8192)
+GPU_BDN = (2, 2048, 16)
+CPU_BDN = (2, 256, 16)
+FLAGS = dict(delta_softplus=True, allow_neg_eigval=True)
 
 
 def peak_bandwidth():
@@ -47,11 +47,14 @@ def mamba_inputs(batch, dim, n, L, dtype, device, seed=0):
                 D=torch.ones(dim, device=device), delta_bias=dt + torch.log(-torch.expm1(-dt)))
 
 
-def io_bytes(inputs, backward):
-    """Bytes the op must move: per-step inputs and the output; with backward also dout and their gradients."""
-    per_step = sum(inputs[k].numel() * inputs[k].element_size() for k in ("u", "delta", "B", "C", "z"))
-    out = inputs["u"].numel() * inputs["u"].element_size()
-    return per_step + out + (2 * per_step + out if backward else 0)
+def rate(shape, key, ms):
+    """Achieved GB/s: bytes the op must move (per-step inputs u, delta, z, B, C and the output; with backward also
+    dout and the per-step inputs' gradients) over the time. shape is (b, d, n, L, dtype name)."""
+    batch, dim, n, L, dtype = shape
+    size = getattr(torch, dtype).itemsize
+    per_step = (3 * batch * dim + 2 * batch * n) * L * size
+    out = batch * dim * L * size
+    return (per_step + out + (2 * per_step + out if key == "fwd_bwd" else 0)) / (ms * 1e-3) / 1e9
 
 
 def scan_fns(inputs, scan):
@@ -70,50 +73,100 @@ def scan_fns(inputs, scan):
     return fwd, fwd_bwd
 
 
-def gpu_scan_rows(cases):
-    from triton.testing import do_bench
+def ours(backend):
+    """Our scan with Mamba's flags and negative decays, as scan(**inputs)."""
+    return lambda **kw: selective_scan_fn(**kw, **FLAGS, backend=backend)
 
+
+def time_scan(shape, name, scan, repeats=7):
+    """The row of one scan at shape (b, d, n, L, dtype name): fwd and fwd+bwd ms."""
+    *bdnl, dtype = shape
+    fwd, fwd_bwd = scan_fns(mamba_inputs(*bdnl, getattr(torch, dtype), device()), scan)
+    return dict(shape=shape, name=name, fwd=median_ms(fwd, repeats), fwd_bwd=median_ms(fwd_bwd, repeats))
+
+
+def gpu_scan_rows(shapes):
+    """Time the Triton scan, the torch path and mamba_ssm's kernel (when importable) at each shape."""
     peak = peak_bandwidth()
+    scans = {"triton": ours("triton"), "torch": ours("torch")}
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_scan
+
+        scans["mamba_ssm"] = lambda **kw: mamba_scan(**kw, delta_softplus=True)
     except ImportError:
-        mamba_scan = None
         print("mamba_ssm is not importable: no comparison against its CUDA kernel")
-    print(f"{torch.cuda.get_device_name()}, peak {peak / 1e12 if peak else float('nan'):.2f} TB/s; "
-          "allow_neg_eigval=True, delta_softplus, D and z on; times are medians (ms)")
-    print(f"{'shape (b, d, n, L)':24} {'dtype':9} {'pass':8} {'triton':>8} {'torch':>8} {'speedup':>8} "
-          f"{'GB/s':>7} {'% peak':>7}" + (f" {'mamba_ssm':>10}" if mamba_scan else ""))
-    scan_ms = {}
-    for (batch, dim, n, L), dtype in cases:
-        inputs = mamba_inputs(batch, dim, n, L, dtype, "cuda")
-        flags = dict(delta_softplus=True)
-        ours = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, **flags, allow_neg_eigval=True, backend="triton"))
-        ref = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, **flags, allow_neg_eigval=True, backend="torch"))
-        theirs = scan_fns(inputs, lambda **kw: mamba_scan(**kw, **flags)) if mamba_scan else None
-        for i, name in enumerate(("fwd", "fwd+bwd")):
-            t_ours = do_bench(ours[i], return_mode="median")
-            t_ref = do_bench(ref[i], return_mode="median")
-            rate = io_bytes(inputs, backward=i == 1) / (t_ours * 1e-3)
-            pct = f"{100 * rate / peak:6.1f}%" if peak else "     ?"
-            extra = f" {do_bench(theirs[i], return_mode='median'):10.3f}" if theirs else ""
-            print(f"{str((batch, dim, n, L)):24} {str(dtype)[6:]:9} {name:8} {t_ours:8.3f} {t_ref:8.3f} "
-                  f"{t_ref / t_ours:7.1f}x {rate / 1e9:7.0f} {pct}" + extra)
-            scan_ms[(batch, dim, n, L, dtype, name)] = t_ours
-    return scan_ms
+    print(f"selective scan, {torch.cuda.get_device_name()}, peak {peak / 1e12 if peak else float('nan'):.2f} TB/s: "
+          "allow_neg_eigval (ours), delta_softplus, D and z on; medians of triton.testing.do_bench")
+    rows = []
+    for shape in shapes:
+        for name, scan in scans.items():
+            rows.append(time_scan(shape, name, scan))
+            gb_per_s = rate(shape, "fwd_bwd", rows[-1]["fwd_bwd"])
+            report(rows[-1], rate, "GB/s", f"  {100 * gb_per_s * 1e9 / peak:.1f}% of peak (fwd+bwd)" if peak else "")
+    return rows
 
 
-def gpu_conv_rows(shapes, dtype, scan_ms):
+def compiled_child(shapes):
+    """In a child process: time torch.compile of our torch path at each shape, emitting one record per shape.
+
+    Dynamo's caches are reset per shape so every shape gets its own compiled graphs (no silent fallback to eager
+    when a recompile limit is hit); a shape whose compile fails emits its error instead of times.
+    """
+    import torch._dynamo
+
+    for shape in map(tuple, shapes):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        try:
+            compiled = torch.compile(ours("torch"), dynamic=False)
+            *bdnl, dtype = shape
+            fwd, fwd_bwd = scan_fns(mamba_inputs(*bdnl, getattr(torch, dtype), device()), compiled)
+            start = time.perf_counter()
+            fwd()
+            fwd_bwd()
+            sync()
+            compile_s = time.perf_counter() - start
+            breaks = torch._dynamo.utils.counters["graph_break"]  # reason -> count
+            emit(shape=shape, fwd=median_ms(fwd), fwd_bwd=median_ms(fwd_bwd), compile_s=compile_s,
+                 graph_breaks=sum(breaks.values()),
+                 break_reason=str(max(breaks, key=breaks.get)).splitlines()[0][:120] if breaks else "")
+        except Exception as err:  # any compile or run failure is a result to show, not a crash
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            emit(shape=shape, error=f"{type(err).__name__}: {first_line[:200]}")
+
+
+def compiled_rows(shapes, timeout):
+    """torch.compile's rows from a child process stopped after `timeout` seconds; missing shapes get the reason."""
+    print(f"torch.compile of the torch path: in a child process (at most {timeout:.0f} s, compiling included)",
+          flush=True)
+    torch.cuda.empty_cache()
+    records, note = run_child(compiled_child, timeout, shapes=shapes)
+    rows = rows_from_records(records, "torch.compile")
+    for row in rows:
+        if row.get("error"):
+            print(f"  {label(row['shape']):>30} {'torch.compile':>14}  failed: {row['error']}")
+        else:
+            why = f" (most: {row['break_reason']})" if row["graph_breaks"] else ""
+            report(row, rate, "GB/s", f"  compiled in {row['compile_s']:.0f} s; {row['graph_breaks']} graph breaks"
+                   + why)
+    done = {row["shape"] for row in rows}
+    rows += [dict(shape=s, name="torch.compile", error=note or "no record") for s in map(tuple, shapes)
+             if s not in done]
+    return rows
+
+
+def gpu_conv_rows(shapes, scan_rows):
     """torch's conv1d + SiLU as the Mamba layer runs it ([B, T, d] in and out), against the Triton scan."""
-    from triton.testing import do_bench
-
     peak = peak_bandwidth()
-    print(f"\nshort causal depthwise conv (kernel 4) + SiLU, torch conv1d, {str(dtype)[6:]}: time, share of "
-          "conv + scan,\nGB/s of x and y (+ dy and dx for fwd+bwd)")
-    print(f"{'shape (b, d, n, L)':24} {'pass':8} {'conv ms':>8} {'scan ms':>8} {'conv share':>11} {'GB/s':>7} "
-          f"{'% peak':>7}")
-    for batch, dim, n, L in shapes:
-        conv = ShortConv(dim, 4, bias=True).to("cuda", dtype)
-        x = torch.randn(batch, L, dim, device="cuda", dtype=dtype)
+    scan_ms = {r["shape"]: r for r in scan_rows if r["name"] == "triton"}
+    print("\nshort causal depthwise conv (kernel 4) + SiLU, torch conv1d: time, share of conv + Triton scan,\n"
+          "GB/s of x and y (+ dy and dx for fwd+bwd)")
+    print(f"{'(b, d, n, L, dtype)':>30} {'pass':8} {'conv ms':>8} {'scan ms':>8} {'conv share':>11} "
+          f"{'GB/s':>7} {'% peak':>7}")
+    for shape in shapes:
+        batch, dim, n, L, dtype = shape
+        conv = ShortConv(dim, 4, bias=True).to(device(), getattr(torch, dtype))
+        x = torch.randn(batch, L, dim, device=device(), dtype=getattr(torch, dtype))
         xg = x.clone().requires_grad_()
         dy = torch.randn_like(x)
 
@@ -124,18 +177,32 @@ def gpu_conv_rows(shapes, dtype, scan_ms):
         def fwd_bwd():
             torch.autograd.grad(conv(xg)[0], [xg, *conv.parameters()], dy)
 
-        for name, fn, passes in (("fwd", fwd, 2), ("fwd+bwd", fwd_bwd, 5)):
-            t = do_bench(fn, return_mode="median")
-            t_scan = scan_ms[(batch, dim, n, L, dtype, name)]
-            rate = passes * x.numel() * x.element_size() / (t * 1e-3)
-            pct = f"{100 * rate / peak:6.1f}%" if peak else "     ?"
-            print(f"{str((batch, dim, n, L)):24} {name:8} {t:8.3f} {t_scan:8.3f} {100 * t / (t + t_scan):10.1f}% "
-                  f"{rate / 1e9:7.0f} {pct}")
+        for key, fn, passes in (("fwd", fwd, 2), ("fwd_bwd", fwd_bwd, 5)):
+            t, t_scan = median_ms(fn), scan_ms[shape][key]
+            bytes_per_s = passes * x.numel() * x.element_size() / (t * 1e-3)
+            pct = f"{100 * bytes_per_s / peak:6.1f}%" if peak else "     ?"
+            print(f"{label(shape):>30} {key:8} {t:8.3f} {t_scan:8.3f} {100 * t / (t + t_scan):10.1f}% "
+                  f"{bytes_per_s / 1e9:7.0f} {pct}")
 
 
-def unbind_token_loop(u, delta, A, B, C, D, z, delta_bias, allow_neg_eigval):
+def bench_gpu(quick, compile_timeout):
+    """Time the scans on the GPU (bf16; fp32 at one shape too unless quick), the conv, print the tables."""
+    shapes = [(*GPU_BDN, L, "bfloat16") for L in GPU_LENGTHS]
+    extra = [] if quick else [(2, 1536, 16, 2048, "bfloat16"), (*GPU_BDN, 4096, "float32")]
+    rows = gpu_scan_rows(shapes + extra)
+    gpu_conv_rows(shapes, rows)
+    if compile_timeout > 0:
+        # L = 2048 first: the length of the recorded figures, reached even under a short limit.
+        rows += compiled_rows(sorted(shapes, key=lambda s: s[3] != 2048) + extra, compile_timeout)
+    names = ["triton", "torch", "torch.compile"] + ["mamba_ssm"] * any(r["name"] == "mamba_ssm" for r in rows)
+    print_table(rows, "(b, d, n, L, dtype)", names, rate, "GB/s")
+    return rows
+
+
+def unbind_token_loop(u, delta, A, B, C, D, z, delta_bias, allow_neg_eigval, delta_softplus=True):
     """The scan as an efficient torch token loop: one full-size set-up, then per-step slices from unbind."""
-    delta = F.softplus(delta + delta_bias[:, None])
+    delta = delta + delta_bias[:, None]
+    delta = F.softplus(delta) if delta_softplus else delta
     decay = torch.exp(delta.unsqueeze(-1) * A[:, None])  # [b, d, L, n]
     if allow_neg_eigval:
         decay = 2 * decay - 1
@@ -149,49 +216,20 @@ def unbind_token_loop(u, delta, A, B, C, D, z, delta_bias, allow_neg_eigval):
     return y * F.silu(z)
 
 
-def cpu_rows(lengths, repeats=7):
-    print(f"CPU, {torch.get_num_threads()} threads, fp32, b=2, d=256, n=16, allow_neg_eigval=True: fwd+bwd, "
-          f"median of {repeats} after one warm-up run")
-    print(f"{'L':>6} {'torch path ms':>14} {'unbind loop ms':>15} {'speedup':>8}")
+def bench_cpu(lengths, repeats=7):
+    """Time the torch path and the unbind token loop in fp32 on CPU for each L in lengths; returns the rows."""
+    print(f"selective scan, CPU ({torch.get_num_threads()} threads): fp32, (b, d, n) = {CPU_BDN}, allow_neg_eigval, "
+          f"median of {repeats}")
+    rows = []
     for L in lengths:
-        inputs = mamba_inputs(2, 256, 16, L, torch.float32, "cpu")
-        ours = scan_fns(inputs, lambda **kw: selective_scan_fn(**kw, delta_softplus=True, allow_neg_eigval=True,
-                                                                backend="torch"))[1]
-        loop = scan_fns(inputs, lambda **kw: unbind_token_loop(**kw, allow_neg_eigval=True))[1]
+        shape = (*CPU_BDN, L, "float32")
+        inputs = mamba_inputs(*CPU_BDN, L, torch.float32, "cpu")
         with torch.no_grad():  # the baseline must compute the same function
-            y, ref = unbind_token_loop(**inputs, allow_neg_eigval=True), selective_scan_fn(
-                **inputs, delta_softplus=True, allow_neg_eigval=True, backend="torch")
+            y, ref = unbind_token_loop(**inputs, **FLAGS), ours("torch")(**inputs)
             assert (y - ref).norm() <= 1e-5 * ref.norm(), "the unbind loop disagrees with the torch path"
-        times = []
-        for fn in (ours, loop):
-            fn()
-            runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                runs.append(time.perf_counter() - start)
-            times.append(1e3 * statistics.median(runs))
-        print(f"{L:6d} {times[0]:14.1f} {times[1]:15.1f} {times[1] / times[0]:7.1f}x")
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    if torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            sys.exit("TRITON_INTERPRET=1 is set: unset it to time the compiled kernels on the GPU")
-        shapes = [(2, 2048, 16, 2048)] if args.quick else \
-            [(2, 1536, 16, 2048), (2, 2048, 16, 2048), (2, 2048, 16, 4096), (2, 2048, 16, 8192)]
-        fp32 = [] if args.quick else [((2, 2048, 16, 4096), torch.float32)]
-        scan_ms = gpu_scan_rows([(shape, torch.bfloat16) for shape in shapes] + fp32)
-        gpu_conv_rows(shapes, torch.bfloat16, scan_ms)
-    else:
-        print("no CUDA device: the Triton kernels are not timed (the interpreter is for correctness only)")
-        cpu_rows([256, 1024] if args.quick else [256, 1024, 2048])
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-
-
-if __name__ == "__main__":
-    main()
+        loop = lambda **kw: unbind_token_loop(**kw, **FLAGS)  # noqa: E731
+        for name, scan in (("ours torch", ours("torch")), ("unbind loop", loop)):
+            rows.append(time_scan(shape, name, scan, repeats))
+            report(rows[-1], rate, "GB/s")
+    print_table(rows, "(b, d, n, L, dtype)", ["ours torch", "unbind loop"], rate, "GB/s")
+    return rows

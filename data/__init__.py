@@ -4,7 +4,7 @@ Heavy modules (datasets, sentencepiece) load on first use, so importing the conf
 """
 import importlib
 
-from data.config import DataConfig
+from data.config import DataConfig, MixtureSource
 from data.errors import DataError
 
 _LAZY = {
@@ -12,12 +12,13 @@ _LAZY = {
     "PackedBatches": "data.stream",
     "check_vocab": "data.stream",
     "eval_batches": "data.stream",
+    "read_tokens": "data.stream",
     "Tokenizer": "data.tokenizer",
     "load_tokenizer": "data.tokenizer",
     "unigram_loss": "data.unigram",
 }
 
-__all__ = ["DataConfig", "DataError", *_LAZY]
+__all__ = ["DataConfig", "DataError", "MixtureSource", *_LAZY]
 
 
 def __getattr__(name):

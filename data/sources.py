@@ -1,5 +1,5 @@
-"""Where a split's documents come from: the embedded corpus, local files, or a Hugging Face Hub dataset,
-opened as a `datasets` streaming dataset for one epoch of one reader."""
+"""Where a split's documents come from: the embedded corpus (or one part of it), local text files, a Hugging
+Face Hub dataset (streamed with `datasets`), or a directory of pre-tokenized shards."""
 import codecs
 import glob
 import os
@@ -8,18 +8,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from data.config import DataConfig
+from data.config import EMBEDDED_PARTS, DataConfig
 from data.corpus import build_embedded_corpus
 from data.errors import DataError
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 # A .txt file is one document (not one per line): EOS then marks real document ends.
 _BUILDER_KWARGS = {"text": {"sample_by": "document", "encoding": "utf-8"}}
+SINGLE_SOURCE_NAME = "dataset"  # the name tokens are counted under when data.mixture is not set
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    """A training source with its mixture name and weight."""
+
+    name: str
+    weight: float
+    source: object  # Source or data.memmap.PretokenizedSource
 
 
 @dataclass(frozen=True)
 class Source:
-    """A picklable recipe for one split's documents (DataLoader workers re-open it)."""
+    """A picklable recipe for one split's text documents (DataLoader workers re-open it)."""
 
     label: str  # names the config key in error messages
     text_field: str
@@ -29,6 +39,7 @@ class Source:
     hub_config: Optional[str] = None
     hub_split: Optional[str] = None
     shuffle_shards: bool = False
+    keep: Optional[tuple] = None  # (column, value): only records whose column equals value are documents
 
     def open(self, epoch: int, seed: int, node: int, num_nodes: int):
         """The streaming dataset of reader `node` of `num_nodes` for `epoch`.
@@ -60,6 +71,12 @@ class Source:
             ds = split_dataset_by_node(ds, rank=node, world_size=num_nodes)
         return ds
 
+    def reader(self, tokenizer, seed: int, node: int, num_nodes: int, single_epoch: bool = False):
+        """Reader `node` of `num_nodes`: this source's documents tokenized on the fly."""
+        from data.documents import TextDocuments
+
+        return TextDocuments(self, tokenizer, seed, node, num_nodes, single_epoch)
+
     def utf8_error(self, err: UnicodeDecodeError) -> DataError:
         """A clear error naming the first local file that is not UTF-8."""
         culprit = next((f for f in self.files if not _is_utf8(f)), None)
@@ -67,29 +84,59 @@ class Source:
         return DataError(f"{self.label}: {where} ({err}); re-encode it as UTF-8 (e.g. iconv -t utf-8)")
 
 
-def resolve_source(cfg: DataConfig, split: str) -> Source:
-    """The Source for split "train" (data.dataset) or "validation" (data.eval_dataset)."""
+def resolve_source(cfg: DataConfig, split: str):
+    """The one source of split "train" (data.dataset) or "validation" (data.eval_dataset)."""
     if split == "train":
-        key, spec, hub_split = "data.dataset", cfg.dataset, cfg.split
-    elif split == "validation":
-        key, spec, hub_split = "data.eval_dataset", cfg.eval_dataset, cfg.eval_split
-        if spec is None:
+        if cfg.mixture:
+            raise DataError("data.mixture is set, so training reads several sources; use resolve_sources")
+        return source_for(cfg.dataset, "data.dataset", cfg, "train", cfg.split, cfg.text_field, cfg.dataset_config)
+    if split == "validation":
+        if cfg.eval_dataset is None:
             raise DataError("data.eval_dataset is null, so there is no validation data; set it (e.g. to 'embedded')")
-    else:
-        raise DataError(f"split={split!r} must be 'train' or 'validation'")
+        return source_for(cfg.eval_dataset, "data.eval_dataset", cfg, "validation", cfg.eval_split, cfg.text_field,
+                          cfg.dataset_config)
+    raise DataError(f"split={split!r} must be 'train' or 'validation'")
+
+
+def resolve_sources(cfg: DataConfig, split: str) -> list:
+    """NamedSources of a split: data.mixture's for training when set, else the split's one dataset."""
+    if split == "train" and cfg.mixture:
+        return [NamedSource(m.name, float(m.weight),
+                            source_for(m.dataset, f"data.mixture[{i}].dataset", cfg, "train", m.split, m.text_field,
+                                       m.dataset_config))
+                for i, m in enumerate(cfg.mixture)]
+    return [NamedSource(SINGLE_SOURCE_NAME, 1.0, resolve_source(cfg, split))]
+
+
+def source_for(spec: str, key: str, cfg: DataConfig, split: str, hub_split: str, text_field: str,
+               hub_config: Optional[str], shuffle: Optional[bool] = None):
+    """The source a dataset spec names; `split` ("train" | "validation") picks the embedded corpus' split and
+    whether files are reshuffled per epoch (training only, unless `shuffle` says otherwise)."""
+    from data.memmap import INDEX_FILE, is_pretokenized, open_pretokenized
+
     label = f"{key}={spec!r}"
-    shuffle = split == "train"
-    if spec == "embedded":
+    shuffle = split == "train" if shuffle is None else shuffle
+    part = spec.split(":", 1)[1] if spec.startswith("embedded:") else None
+    if spec == "embedded" or part is not None:
+        if part is not None and part not in EMBEDDED_PARTS:
+            raise DataError(f"{label}: unknown part of the embedded corpus; choose one of "
+                            f"{', '.join('embedded:' + p for p in EMBEDDED_PARTS)} or 'embedded' for all")
         files = build_embedded_corpus(cfg.cache_dir, cfg.corpus_code_mb, cfg.corpus_prose_mb,
                                       cfg.corpus_math_mb)[split]
-        return Source(label, "text", files=tuple(files), builder="json", shuffle_shards=shuffle)
+        return Source(label, "text", files=tuple(files), builder="json", shuffle_shards=shuffle,
+                      keep=("source", part) if part else None)
+    if is_pretokenized(spec):
+        return open_pretokenized(spec, label, shuffle_shards=shuffle)
+    if Path(spec).expanduser().is_dir() and any(Path(spec).expanduser().glob("*.idx")):
+        raise DataError(f"{label} holds pre-tokenized shards but no {INDEX_FILE} (an incomplete copy?); copy the "
+                        "whole directory or rebuild it with `python -m data.pretokenize`")
     if _looks_local(spec):
         files = _local_files(spec, label)
         builders = {BUILDERS[Path(f).suffix] for f in files}
         if len(builders) > 1:
             raise DataError(f"{label} mixes file types ({sorted(builders)}); point it at one kind of file")
-        return Source(label, cfg.text_field, files=tuple(files), builder=builders.pop(), shuffle_shards=shuffle)
-    return Source(label, cfg.text_field, hub_name=spec, hub_config=cfg.dataset_config, hub_split=hub_split,
+        return Source(label, text_field, files=tuple(files), builder=builders.pop(), shuffle_shards=shuffle)
+    return Source(label, text_field, hub_name=spec, hub_config=hub_config, hub_split=hub_split,
                   shuffle_shards=shuffle)
 
 
@@ -118,7 +165,7 @@ def _local_files(spec: str, label: str) -> list:
         found = f" (found only: {', '.join(sorted(p.name for p in candidates)[:5])})" if candidates else ""
         raise DataError(
             f"{label}: no files match{found}; expected a file, directory or glob of "
-            f"{'/'.join(BUILDERS)} files"
+            f"{'/'.join(BUILDERS)} files, or a directory written by `python -m data.pretokenize`"
         )
     return files
 

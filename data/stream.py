@@ -1,140 +1,130 @@
 """Tokenized, packed, resumable streams of training batches.
 
-Documents are streamed with `datasets`, tokenized on the fly, each followed by EOS, and cut into
-contiguous rows of seq_len + 1 tokens (documents cross row and batch boundaries; no padding). The
-state is tiny: per reader, the epoch, the dataset's state just before the current document, and how
-many of that document's tokens were already used; restoring it replays the same batches exactly.
+Each rank's documents come from `num_readers` readers (one per DataLoader worker, or one in process), each
+reading a disjoint part of every source and mixing its sources by weight. Readers send documents in chunks
+taken round-robin; the rank then optionally passes them through a shuffle buffer and packs them, each
+followed by EOS, into contiguous rows of seq_len + 1 tokens (documents cross row and batch boundaries; no
+padding). Everything after the readers runs in this process, so the state is exact: per reader, its state
+after its last consumed chunk and how many documents of the current chunk were used; the shuffle buffer's
+documents; and the unused rest of the current document. Restoring it replays the same batches exactly.
 """
+import copy
+from collections import deque
+
 import numpy as np
 import torch
 
 from data.config import DataConfig
-from data.sources import Source, resolve_source
 from data.errors import DataError
+from data.mixture import MixedDocuments
+from data.shuffle import ShuffleBuffer
+from data.sources import resolve_sources
 
-STATE_VERSION = 1
-
-
-def _fresh_state() -> dict:
-    return {"epoch": 0, "doc_state": None, "offset": 0}
-
-
-class _TokenStream:
-    """One reader's tokens (node `node` of `num_nodes`), epoch after epoch, or one epoch if `single_epoch`."""
-
-    def __init__(self, source: Source, tokenizer, seed: int, node: int, num_nodes: int, state=None,
-                 single_epoch: bool = False):
-        self._source, self._tokenizer, self._seed = source, tokenizer, seed
-        self._node, self._num_nodes, self._single_epoch = node, num_nodes, single_epoch
-        state = state or _fresh_state()
-        self.epoch = state["epoch"]
-        self._doc_state = state["doc_state"]  # dataset state before the current document; None = epoch start
-        self._skip = state["offset"]  # tokens of the next document read that were already used
-        self._docs = None
-        self._tokens = None  # current document's ids followed by EOS, int64
-        self._pos = 0
-
-    def state_dict(self) -> dict:
-        offset = self._pos if self._tokens is not None else self._skip
-        return {"epoch": self.epoch, "doc_state": self._doc_state, "offset": offset}
-
-    def read(self, n: int) -> np.ndarray:
-        """The next n tokens; fewer only for a single-epoch stream whose epoch ran out."""
-        out = np.empty(n, dtype=np.int64)
-        filled = 0
-        while filled < n:
-            if self._tokens is None or self._pos == len(self._tokens):
-                if not self._next_document():
-                    return out[:filled]
-            k = min(n - filled, len(self._tokens) - self._pos)
-            out[filled:filled + k] = self._tokens[self._pos:self._pos + k]
-            self._pos += k
-            filled += k
-        return out
-
-    def _next_document(self) -> bool:
-        while True:
-            if self._docs is None:
-                self._from_epoch_start = self._doc_state is None and self._skip == 0
-                self._docs, self._found = self._epoch_documents(), 0
-            item = next(self._docs, None)
-            if item is None:
-                if self._from_epoch_start and self._found == 0:
-                    raise DataError(self._empty_message())
-                if self._single_epoch:
-                    return False
-                self.epoch += 1
-                self._doc_state, self._skip, self._docs, self._tokens = None, 0, None, None
-                continue
-            before, ids = item
-            if len(ids) == 0:
-                continue  # an empty document adds nothing, not even EOS
-            self._found += 1
-            self._doc_state = before
-            self._tokens = np.append(np.asarray(ids, dtype=np.int64), self._tokenizer.eos_id)
-            self._pos = min(self._skip, len(self._tokens))
-            self._skip = 0
-            return True
-
-    def _epoch_documents(self):
-        """Yield (dataset state before the document, its token ids) for the rest of the current epoch."""
-        ds = self._source.open(self.epoch, self._seed, self._node, self._num_nodes)
-        if self._doc_state is not None:
-            ds.load_state_dict(self._doc_state)
-        before = self._doc_state
-        field = self._source.text_field
-        try:
-            for batch in ds.iter(batch_size=1):  # .iter: no automatic re-split inside DataLoader workers
-                if field not in batch:
-                    raise DataError(
-                        f"{self._source.label}: no column {field!r} (columns: {sorted(batch)}); "
-                        "set data.text_field to the column holding the text"
-                    )
-                text = batch[field][0]
-                if text is not None and not isinstance(text, str):
-                    raise DataError(f"{self._source.label}: column {field!r} holds {type(text).__name__}, not text")
-                yield before, self._tokenizer.encode(text) if text else []
-                before = ds.state_dict()
-        except UnicodeDecodeError as err:
-            raise self._source.utf8_error(err) from err
-
-    def _empty_message(self) -> str:
-        if self._num_nodes == 1:
-            return f"{self._source.label}: the dataset has no non-empty documents in column {self._source.text_field!r}"
-        return (f"{self._source.label}: reader {self._node} of {self._num_nodes} (ranks x workers) got no "
-                "non-empty documents; the dataset is empty or has fewer documents than readers")
+STATE_VERSION = 2
+DOCS_PER_CHUNK = 16  # documents a DataLoader worker sends at once (resuming mid-chunk re-reads at most this many)
 
 
-class _ReaderBatches(torch.utils.data.IterableDataset):
-    """DataLoader side of PackedBatches: worker j runs reader (j + start) % num_readers and tags each
-    batch with that reader and its state after the batch, so the consumer knows exactly what it used."""
+def open_reader(sources: list, tokenizer, seed: int, node: int, num_nodes: int,
+                single_epoch: bool = False) -> MixedDocuments:
+    """Reader `node` of `num_nodes` over NamedSources (data.sources.resolve_sources): documents and their source."""
+    readers = [s.source.reader(tokenizer, seed, node, num_nodes, single_epoch) for s in sources]
+    return MixedDocuments(readers, [s.weight for s in sources], seed, node)
 
-    def __init__(self, source, tokenizer, seed, rank, num_readers, world_size, block, shape, states, start):
+
+def _chunks(reader: MixedDocuments, state, skip: int, size: int):
+    """Yield (documents, reader state after them) in chunks of `size`; a reader resumed `skip` documents into
+    a chunk re-reads those and sends the rest of that chunk first, so chunks stay aligned."""
+    if state is not None:
+        reader.load_state_dict(state)
+    for _ in range(skip):
+        reader.next()
+    n = size - skip
+    while True:
+        docs = [reader.next() for _ in range(n)]
+        yield docs, reader.state_dict()
+        n = size
+
+
+class _ReaderChunks(torch.utils.data.IterableDataset):
+    """DataLoader side of the feed: worker j runs reader (j + start) % num_readers, so chunks arrive in
+    reader order starting from `start`."""
+
+    def __init__(self, sources, tokenizer, seed, rank, world_size, num_readers, states, start, skip):
         super().__init__()
-        self.source, self.tokenizer, self.seed, self.rank = source, tokenizer, seed, rank
-        self.num_readers, self.world_size, self.block, self.shape = num_readers, world_size, block, shape
-        self.states, self.start = states, start
+        self.sources, self.tokenizer, self.seed, self.rank, self.world_size = sources, tokenizer, seed, rank, world_size
+        self.num_readers, self.states, self.start, self.skip = num_readers, states, start, skip
 
     def __iter__(self):
         reader = (torch.utils.data.get_worker_info().id + self.start) % self.num_readers
-        stream = _TokenStream(self.source, self.tokenizer, self.seed, node=self.rank * self.num_readers + reader,
-                              num_nodes=self.world_size * self.num_readers, state=self.states[reader])
-        while True:
-            batch = torch.from_numpy(stream.read(self.block)).view(self.shape)
-            yield batch, stream.state_dict(), reader
+        docs = open_reader(self.sources, self.tokenizer, self.seed, self.rank * self.num_readers + reader,
+                           self.world_size * self.num_readers)
+        skip = self.skip if reader == self.start else 0
+        for chunk, state in _chunks(docs, self.states[reader], skip, DOCS_PER_CHUNK):
+            yield reader, chunk, state
 
 
 def _no_collate(item):
     return item
 
 
+class _Feed:
+    """One rank's documents: chunks from its readers round-robin, in process (num_workers = 0, chunks of one
+    document) or from DataLoader workers (which tokenize on the fly)."""
+
+    def __init__(self, sources, tokenizer, seed: int, rank: int, world_size: int, workers: int):
+        self._args = sources, tokenizer, seed, rank, world_size
+        self._workers, self._num_readers = workers, max(1, workers)
+        self.load_state_dict({"readers": [None] * self._num_readers, "current": 0, "skip": 0})
+
+    @property
+    def epoch(self) -> int:
+        """Completed passes of the slowest reader's least-read source, as far as documents were taken."""
+        return min(min(s["epoch"] for s in state["sources"]) if state else 0 for state in self._states)
+
+    def state_dict(self) -> dict:
+        # A copy: `datasets` may update the dicts it was resumed from while it reads on.
+        return copy.deepcopy({"readers": self._states, "current": self._current, "skip": self._skip})
+
+    def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)
+        self._states, self._current, self._skip = state["readers"], state["current"], state["skip"]
+        self._chunks, self._pending, self._chunk_state = None, deque(), None
+
+    def next(self) -> tuple:
+        """(document ids with EOS, source index)."""
+        if not self._pending:
+            if self._chunks is None:
+                self._chunks = self._open()
+            reader, chunk, self._chunk_state = next(self._chunks)
+            assert reader == self._current, (reader, self._current)  # the DataLoader keeps worker order
+            self._pending.extend(chunk)
+        doc = self._pending.popleft()
+        self._skip += 1
+        if not self._pending:  # chunk used up: the reader's state moves past it, the next reader is due
+            self._states[self._current] = self._chunk_state
+            self._current, self._skip = (self._current + 1) % self._num_readers, 0
+        return doc
+
+    def _open(self):
+        sources, tokenizer, seed, rank, world_size = self._args
+        if self._workers == 0:
+            docs = open_reader(sources, tokenizer, seed, rank, world_size)
+            return ((0, chunk, state) for chunk, state in _chunks(docs, self._states[0], self._skip, 1))
+        dataset = _ReaderChunks(sources, tokenizer, seed, rank, world_size, self._num_readers, list(self._states),
+                                self._current, self._skip)
+        return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self._workers,
+                                                collate_fn=_no_collate))
+
+
 class PackedBatches:
     """An endless iterator of LongTensor batches [batch_size, seq_len + 1] (inputs [:, :-1], targets [:, 1:]).
 
-    Ranks read disjoint parts (`split_dataset_by_node`); give every rank the same seed, which fixes the
-    per-epoch file order they split. With data.num_workers = W > 0, W DataLoader workers
-    each run their own reader and batches come round-robin from them, so the order differs from W = 0;
-    resuming needs the same W. `epoch` counts completed passes (the slowest reader's, with workers).
+    Ranks and readers read disjoint parts of each source (`split_dataset_by_node`, or every n-th document of
+    a pre-tokenized one); give every rank the same seed, which fixes the per-epoch shard order they split.
+    With data.num_workers = W > 0, W DataLoader workers each run their own reader, so the order differs
+    from W = 0; resuming needs the same W, shuffle buffer and source names. `epoch` counts completed passes
+    of the slowest reader's least-read source over the documents taken so far (with a shuffle buffer, that
+    includes the ones it holds).
     """
 
     def __init__(self, cfg: DataConfig, tokenizer, seq_len: int, batch_size: int, seed: int = 0,
@@ -144,69 +134,85 @@ class PackedBatches:
                 raise DataError(f"{name}={value!r} must be a positive integer")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise DataError(f"rank={rank!r} must be an integer in [0, world_size={world_size})")
-        self._source = resolve_source(cfg, split)
-        self._tokenizer, self._seed, self._rank, self._world_size = tokenizer, seed, rank, world_size
-        self._seq_len, self._batch_size = seq_len, batch_size
+        sources = resolve_sources(cfg, split)
+        self._names = [s.name for s in sources]
+        self._seq_len, self._batch_size, self._rank, self._world_size = seq_len, batch_size, rank, world_size
         self._workers = cfg.num_workers
-        self._num_readers = max(1, self._workers)
-        self._states = [_fresh_state() for _ in range(self._num_readers)]
-        self._next_reader = 0
-        self._stream = None  # in-process reader (num_workers == 0)
-        self._loader = None  # DataLoader iterator (num_workers > 0)
-        # Read one document now so a bad path, column or encoding fails here, not mid-training.
-        self._new_stream(0).read(1)
+        self._buffer_size = cfg.shuffle_buffer if split == "train" else 0
+        # Read one document of each source now so a bad path, column, encoding or tokenizer fails here.
+        readers = max(1, self._workers)
+        for s in sources:
+            s.source.reader(tokenizer, seed, rank * readers, world_size * readers).next()
+        self._feed = _Feed(sources, tokenizer, seed, rank, world_size, self._workers)
+        self._buffer = ShuffleBuffer(self._buffer_size, seed, rank) if self._buffer_size else None
+        self._doc, self._pos, self._doc_source = np.empty(0, np.int32), 0, 0
+        self._tokens = [0] * len(sources)
 
     @property
     def epoch(self) -> int:
-        if self._stream is not None:
-            return self._stream.epoch
-        return min(state["epoch"] for state in self._states)
+        return self._feed.epoch
+
+    def tokens_per_source(self) -> dict:
+        """Tokens (EOS included) of each source put into batches so far, by source name."""
+        return dict(zip(self._names, self._tokens))
 
     def __iter__(self):
         return self
 
     def __next__(self) -> torch.Tensor:
-        shape = (self._batch_size, self._seq_len + 1)
-        if self._workers == 0:
-            if self._stream is None:
-                self._stream = self._new_stream(0, self._states[0])
-            return torch.from_numpy(self._stream.read(shape[0] * shape[1])).view(shape)  # [B, T + 1]
-        if self._loader is None:
-            dataset = _ReaderBatches(self._source, self._tokenizer, self._seed, self._rank, self._num_readers,
-                                     self._world_size, shape[0] * shape[1], shape, list(self._states),
-                                     self._next_reader)
-            self._loader = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self._workers,
-                                                            collate_fn=_no_collate))
-        batch, state, reader = next(self._loader)
-        self._states[reader] = state
-        self._next_reader = (reader + 1) % self._num_readers
-        return batch
+        n = self._batch_size * (self._seq_len + 1)
+        out, filled = np.empty(n, dtype=np.int64), 0
+        while filled < n:
+            if self._pos == len(self._doc):
+                self._doc, self._doc_source = (self._buffer.next(self._feed.next) if self._buffer
+                                               else self._feed.next())
+                self._pos = 0
+            k = min(n - filled, len(self._doc) - self._pos)
+            out[filled:filled + k] = self._doc[self._pos:self._pos + k]
+            self._pos += k
+            self._tokens[self._doc_source] += k
+            filled += k
+        return torch.from_numpy(out).view(self._batch_size, self._seq_len + 1)  # [B, T + 1]
 
     def state_dict(self) -> dict:
-        """A small JSON-serialisable dict; `load_state_dict` of it replays the following batches exactly."""
-        if self._stream is not None:
-            self._states[0] = self._stream.state_dict()
-        return {"version": STATE_VERSION, **self._layout(), "next_reader": self._next_reader,
-                "readers": [dict(state) for state in self._states]}
+        """Plain values and int32 tensors (the shuffle buffer, the current document's rest), for torch.save;
+        `load_state_dict` of it replays the following batches exactly."""
+        return {"version": STATE_VERSION, **self._layout(), "feed": self._feed.state_dict(),
+                "buffer": self._buffer.state_dict() if self._buffer else None,
+                "document": torch.from_numpy(self._doc[self._pos:].copy()), "document_source": self._doc_source,
+                "tokens_per_source": list(self._tokens)}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
+            raise DataError(f"data-loader state has version {version!r} but this loader writes version "
+                            f"{STATE_VERSION}; it cannot be resumed exactly (start a new run or use the code "
+                            "that wrote it)")
         layout = {key: state.get(key) for key in self._layout()}
-        if state.get("version") != STATE_VERSION or layout != self._layout():
-            raise DataError(
-                f"data-loader state was saved with {layout} (version {state.get('version')}) but this loader has "
-                f"{self._layout()} (version {STATE_VERSION}); resume with the same settings"
-            )
-        self._states = [dict(s) for s in state["readers"]]
-        self._next_reader = state["next_reader"]
-        self._stream, self._loader = None, None  # drop anything read ahead
+        if layout != self._layout():
+            raise DataError(f"data-loader state was saved with {layout} but this loader has {self._layout()}; "
+                            "resume with the same settings")
+        self._feed.load_state_dict(state["feed"])
+        if self._buffer:
+            self._buffer.load_state_dict(state["buffer"])
+        self._doc, self._pos = state["document"].numpy(), 0
+        self._doc_source, self._tokens = state["document_source"], list(state["tokens_per_source"])
 
     def _layout(self) -> dict:
         return {"seq_len": self._seq_len, "batch_size": self._batch_size, "rank": self._rank,
-                "world_size": self._world_size, "num_workers": self._workers}
+                "world_size": self._world_size, "num_workers": self._workers, "shuffle_buffer": self._buffer_size,
+                "sources": list(self._names)}
 
-    def _new_stream(self, reader: int, state=None) -> _TokenStream:
-        return _TokenStream(self._source, self._tokenizer, self._seed, node=self._rank * self._num_readers + reader,
-                            num_nodes=self._world_size * self._num_readers, state=state)
+
+def read_tokens(cfg: DataConfig, tokenizer, split: str, max_tokens: int) -> np.ndarray:
+    """Up to max_tokens int64 tokens of one pass over a split (a mixture's sources interleaved by weight),
+    in file order for validation and epoch 0's order for training."""
+    reader = open_reader(resolve_sources(cfg, split), tokenizer, seed=0, node=0, num_nodes=1, single_epoch=True)
+    docs, total = [], 0
+    while total < max_tokens and (item := reader.next()) is not None:
+        docs.append(item[0])
+        total += len(item[0])
+    return np.concatenate(docs).astype(np.int64)[:max_tokens] if docs else np.empty(0, np.int64)
 
 
 def eval_batches(cfg: DataConfig, tokenizer, seq_len: int, batch_size: int, max_batches: int) -> list:
@@ -214,18 +220,13 @@ def eval_batches(cfg: DataConfig, tokenizer, seq_len: int, batch_size: int, max_
     in file order: the same list on every call and every rank."""
     if not isinstance(max_batches, int) or max_batches < 1:
         raise DataError(f"max_batches={max_batches!r} must be a positive integer")
-    stream = _TokenStream(resolve_source(cfg, "validation"), tokenizer, seed=0, node=0, num_nodes=1,
-                          single_epoch=True)
-    block, batches, total = batch_size * (seq_len + 1), [], 0
-    while len(batches) < max_batches:
-        tokens = stream.read(block)
-        total += len(tokens)
-        if len(tokens) < block:
-            break
-        batches.append(torch.from_numpy(tokens).view(batch_size, seq_len + 1))
+    block = batch_size * (seq_len + 1)
+    tokens = read_tokens(cfg, tokenizer, "validation", max_batches * block)
+    batches = [torch.from_numpy(tokens[i:i + block]).view(batch_size, seq_len + 1)
+               for i in range(0, len(tokens) - block + 1, block)]
     if not batches:
         raise DataError(
-            f"the validation data ({cfg.eval_dataset!r}) has {total} tokens, fewer than one batch of "
+            f"the validation data ({cfg.eval_dataset!r}) has {len(tokens)} tokens, fewer than one batch of "
             f"{batch_size} x {seq_len + 1}; lower the eval batch size or sequence length, or use more data"
         )
     return batches

@@ -2,9 +2,8 @@
 import numpy as np
 
 from data.config import DataConfig
-from data.sources import resolve_source
-from data.stream import _TokenStream
 from data.errors import DataError
+from data.stream import read_tokens
 
 
 def unigram_loss(cfg: DataConfig, tokenizer, max_tokens: int = 1_000_000) -> float:
@@ -12,8 +11,7 @@ def unigram_loss(cfg: DataConfig, tokenizer, max_tokens: int = 1_000_000) -> flo
     max_tokens training tokens, with add-one (Laplace) smoothing; EOS after each document counts as a token."""
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise DataError(f"max_tokens={max_tokens!r} must be a positive integer")
-    train, valid = (_TokenStream(resolve_source(cfg, split), tokenizer, seed=0, node=0, num_nodes=1,
-                                 single_epoch=True).read(max_tokens) for split in ("train", "validation"))
+    train, valid = (read_tokens(cfg, tokenizer, split, max_tokens) for split in ("train", "validation"))
     vocab = tokenizer.vocab_size
     if max(train.max(), valid.max()) >= vocab:
         raise DataError(f"tokenizer {tokenizer.name!r} emitted an id >= its vocab_size={vocab}")

@@ -19,9 +19,9 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def tiny(cache_dir, out_dir, *overrides):
+def tiny(cache_dir, out_dir, *overrides, recipe="configs/default.yaml"):
     """A model and corpus small enough for a few seconds per run."""
-    return load_config(ROOT / "configs/default.yaml", [
+    return load_config(ROOT / recipe, [
         f"out_dir={out_dir}", f"data.cache_dir={cache_dir}", "data.corpus_code_mb=0.3", "data.corpus_prose_mb=0.2",
         "data.corpus_math_mb=0.1", "data.tokenizer_vocab_size=512", "model.vocab_size=512",
         "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "train.seq_len=32",
@@ -63,6 +63,7 @@ def test_run_directory_contract(cache_dir, tmp_path):
         assert all(key in r for r in records), key
     assert "val_loss" in records[1] and "val_loss" in records[3]
     assert records[0]["tokens"] == 5 * 2 * 32
+    assert records[0]["tokens.dataset"] == 5 * 2 * 33  # drawn from the stream: inputs plus the shifted target
     assert "layer0.neg_eig_frac" in records[0] and "layer1.min_eig" in records[0]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "loss.png").stat().st_size > 1000 and summary.plot == run / "loss.png"
@@ -76,6 +77,21 @@ def test_run_directory_contract(cache_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == [
         "step-00000004", "step-00000008", "step-00000012"]
     assert isinstance(summary.sample, str)
+
+
+def test_mixture_logs_tokens_per_source_and_resumes_exactly(cache_dir, tmp_path):
+    """configs/examples/mixture.yaml (three weighted sources, a shuffle buffer) at tiny size."""
+    mixture = {"recipe": "configs/examples/mixture.yaml"}
+    full = tiny(cache_dir, tmp_path / "full", "data.shuffle_buffer=20", **mixture)
+    assert [m.name for m in full.data.mixture] == ["code", "prose", "math"]
+    train(full, log=lambda m: None)
+    train(tiny(cache_dir, tmp_path / "split", "data.shuffle_buffer=20", "train.stop_at_step=5", **mixture),
+          log=lambda m: None)
+    train(tiny(cache_dir, tmp_path / "split", "data.shuffle_buffer=20", **mixture), log=lambda m: None)
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")
+    last = read_metrics(tmp_path / "full" / "metrics.jsonl")[-1]
+    per_source = [last[f"tokens.{name}"] for name in ("code", "prose", "math")]
+    assert sum(per_source) == 12 * 2 * 33  # one document can fill all 12 tiny steps, so a source may be at 0
 
 
 def test_from_checkpoint_matches_trained_model(cache_dir, tmp_path):

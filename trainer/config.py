@@ -232,8 +232,14 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
+def _unknown_key(key: str, prefix: str = "", cls: type | None = None) -> ConfigError:
+    """Suggest the closest valid key: among the enclosing dataclass' fields inside a list entry such as
+    data.mixture[1], else among every dotted key."""
+    if cls is not None and prefix.endswith("]."):
+        candidates = [prefix + f.name for f in dataclasses.fields(cls)]
+    else:
+        candidates = valid_keys()
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else "; run `python train.py --list-keys` for the valid keys"
     return ConfigError(f"{key}: unknown key{hint}")
 
@@ -247,7 +253,7 @@ def _build(cls: type, raw: Any, prefix: str):
         if key not in names:
             while isinstance(value, dict) and value:  # name the full dotted key: "trian.max_steps"
                 key, value = f"{key}.{next(iter(value))}", next(iter(value.values()))
-            raise _unknown_key(prefix + str(key))
+            raise _unknown_key(prefix + str(key), prefix, cls)
     kwargs = {}
     for name in names & set(raw):
         kind = hints[name]
@@ -268,7 +274,11 @@ def _type_name(kind: Any) -> str:
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(kind):
+        options = typing.get_args(kind)
+        non_null = [option for option in options if option is not type(None)]
+        if value is not None and len(non_null) == 1:  # "X | None" given a value: X's own error names the key
+            return _coerce(value, non_null[0], key)
+        for option in options:
             try:
                 return _coerce(value, option, key)
             except ConfigError:

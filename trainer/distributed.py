@@ -43,6 +43,14 @@ class DistContext:
         dist.all_reduce(tensor)
         return tensor.item() / self.world_size
 
+    def sum_ints(self, values: list[int]) -> list[int]:
+        """Element-wise sums over ranks (every rank passes a list of the same length)."""
+        if not self.initialized or self.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.int64, device=self._comm_device())
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
     def all_equal(self, value: int) -> bool:
         """Whether every rank passed the same integer (a cheap consistency check before collective work)."""
         if not self.initialized or self.world_size == 1:

@@ -127,7 +127,18 @@ class Trainer:
         result = StepResult(step=step, loss=self.dist.mean(total_loss), grad_norm=grad_norm, lr=lr,
                             tokens=self.tokens_seen, step_time=time.perf_counter() - start)
         result.extra.update(eig_stats)
+        if self.is_log_step(step):
+            result.extra.update(self._tokens_per_source())
         return result
+
+    def _tokens_per_source(self) -> dict:
+        """`tokens.<source>`: tokens drawn from each data source so far, all ranks (LM streams only)."""
+        counts = getattr(self.data, "tokens_per_source", None)
+        if counts is None:
+            return {}
+        counts = counts()
+        names = sorted(counts)
+        return {f"tokens.{name}": total for name, total in zip(names, self.dist.sum_ints([counts[n] for n in names]))}
 
     @torch.no_grad()
     def evaluate(self, batches: list[torch.Tensor]) -> float:
