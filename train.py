@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.errors import DataError
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError, load_config, valid_keys
+    from trainer.errors import TrainingError
 
     if args.list_keys:
         print("\n".join(valid_keys()))
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.run import train
 
         summary = train(cfg)
-    except (ConfigError, CheckpointError, DataError) as exc:
+    except (ConfigError, CheckpointError, DataError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary.is_main:

@@ -2,8 +2,33 @@
 from typing import Optional
 
 import numpy as np
+from pyarrow import ArrowException
 
 from data.errors import DataError
+
+# Documents longer than this many characters are tokenized in pieces that end at a line break (or a space), so
+# a single huge document (a 100 MB log, a dump) never builds one giant token list. Tokenizers that always split
+# at line breaks (the embedded one: "\n" is its own piece) give identical ids; others may differ only at the
+# few piece boundaries of such documents.
+PIECE_CHARS = 1 << 20
+
+
+def encode_document(tokenizer, text: str) -> np.ndarray:
+    """A document's token ids as int32, tokenized in pieces of at most PIECE_CHARS characters."""
+    if len(text) <= PIECE_CHARS:
+        return np.asarray(tokenizer.encode(text), dtype=np.int32)
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + PIECE_CHARS, len(text))
+        if end < len(text):  # end after the window's last line break, else its last space, else cut it there
+            cut = text.rfind("\n", start, end)
+            if cut < 0:
+                cut = text.rfind(" ", start, end)
+            if cut >= 0:
+                end = cut + 1
+        pieces.append(np.asarray(tokenizer.encode(text[start:end]), dtype=np.int32))
+        start = end
+    return np.concatenate(pieces)
 
 
 class TextDocuments:
@@ -67,9 +92,13 @@ class TextDocuments:
                     raise DataError(f"{self._source.label}: column {field!r} holds {type(text).__name__}, not text")
                 if keep is not None and batch.get(keep[0], [None])[0] != keep[1]:
                     text = None
-                yield self._tokenizer.encode(text) if text else []
+                yield encode_document(self._tokenizer, text) if text else []
         except UnicodeDecodeError as err:
             raise self._source.utf8_error(err) from err
+        except DataError:
+            raise
+        except (ValueError, OSError, ArrowException) as err:  # a malformed JSON line or a corrupt parquet file
+            raise self._source.read_error(err) from err
 
     def _empty_message(self) -> str:
         what = "non-empty documents" + (f" with {self._source.keep[0]}={self._source.keep[1]!r}"

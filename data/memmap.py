@@ -13,22 +13,17 @@ from typing import Optional
 import numpy as np
 
 from data.errors import DataError
+from data.tokenizer import tokenizer_fingerprint
 
 INDEX_FILE = "pretokenized.json"
 FORMAT_NAME = "lrnn-pretokenized"
 FORMAT_VERSION = 1
 # Encoded at build time and again at training time: a different tokenizer gives different ids.
-PROBE_TEXT = "def f(x):\n    return x ** 2  # Grüße, 3.14159 + 271828 = ?\n\tThe quick brown fox."
 
 
 def token_dtype(vocab_size: int) -> str:
     """The smallest dtype that holds every id below vocab_size."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def tokenizer_fingerprint(tokenizer) -> dict:
-    return {"tokenizer": tokenizer.name, "vocab_size": int(tokenizer.vocab_size), "eos_id": int(tokenizer.eos_id),
-            "tokenizer_probe": [int(i) for i in tokenizer.encode(PROBE_TEXT)]}
 
 
 def is_pretokenized(spec: str) -> bool:

@@ -84,6 +84,36 @@ class Source:
         return DataError(f"{self.label}: {where} ({err}); re-encode it as UTF-8 (e.g. iconv -t utf-8)")
 
 
+    def read_error(self, err: Exception) -> DataError:
+        """A clear error for a file `datasets` cannot parse, naming the first bad JSON line when there is one."""
+        culprit = next((found for f in self.files if (found := _first_bad_json_line(f))), None) \
+            if self.builder == "json" else None
+        where = culprit or (f"one of {len(self.files)} files" if self.files else "the dataset")
+        return DataError(f"{self.label}: cannot read {where} ({type(err).__name__}: {err}); fix or remove the "
+                         f"malformed record or file")
+
+
+def _first_bad_json_line(path: str) -> str | None:
+    """"path:line: reason" for the first line of a JSON-lines file that is not a JSON object, else None."""
+    import json
+
+    if Path(path).suffix != ".jsonl":
+        try:
+            json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
+        except ValueError as err:
+            return f"{path}: {err}"
+        return None
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return f"{path}:{number}: not a JSON object"
+                except ValueError as err:
+                    return f"{path}:{number}: {err}"
+    return None
+
+
 def resolve_source(cfg: DataConfig, split: str):
     """The one source of split "train" (data.dataset) or "validation" (data.eval_dataset)."""
     if split == "train":

@@ -104,6 +104,16 @@ class HFTokenizer(Tokenizer):
         return str(directory)
 
 
+PROBE_TEXT = "def f(x):\n    return x ** 2  # Grüße, 3.14159 + 271828 = ?\n\tThe quick brown fox."
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> dict:
+    """What tells tokenizers apart: name, vocabulary size, EOS and the ids of a probe text (code, digits,
+    non-ASCII, tabs), so the same model saved at another path still matches."""
+    return {"tokenizer": tokenizer.name, "vocab_size": int(tokenizer.vocab_size), "eos_id": int(tokenizer.eos_id),
+            "tokenizer_probe": [int(i) for i in tokenizer.encode(PROBE_TEXT)]}
+
+
 def load_tokenizer(cfg: DataConfig) -> Tokenizer:
     """"embedded" (trained on first use, cached), a SentencePiece .model file, a directory holding
     either kind, or a Hugging Face Hub tokenizer name."""

@@ -40,22 +40,23 @@ LM = [
 ]
 
 
-def launch(out_dir, nproc=1, launcher="torchrun", overrides=(), expect_ok=True, recipe=COMMON):
+def launch(out_dir, nproc=1, launcher="torchrun", overrides=(), expect_ok=True, recipe=COMMON, script="train.py",
+           env=None):
     """Run train.py in `nproc` processes; returns the CompletedProcess (asserting success unless told not to)."""
     args = [*recipe, f"out_dir={out_dir}", *overrides]
     port = str(free_port())
     if nproc == 1:
-        command = [sys.executable, "train.py", *args]
+        command = [sys.executable, script, *args]
     elif launcher == "script":  # launch/single_node.sh: torchrun --standalone on this machine
         command = ["bash", "launch/single_node.sh", args[1], *args[2:]]
     elif launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={port}", "train.py", *args]
+                   f"--master_port={port}", script, *args]
     else:  # the deepspeed launcher needs --num_gpus on a CPU-only machine
         command = [str(Path(sys.executable).parent / "deepspeed"), f"--num_gpus={nproc}", f"--master_port={port}",
                    "train.py", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable,
-           "NPROC": str(nproc)}
+           "NPROC": str(nproc), **(env or {})}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if expect_ok:
         assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -156,6 +157,16 @@ def test_zero0_and_zero3_offload_consolidate_and_init_a_new_run(reference, tmp_p
     fresh.load_state_dict(load_file(file), strict=True)
     for key, tensor in weights(tmp_path / "zero0").items():
         torch.testing.assert_close(fresh.state_dict()[key], tensor, rtol=0, atol=1e-4)
+    # the Hugging Face export reads the ZeRO-3 checkpoint too, and computes the same logits
+    from transformers import AutoModelForCausalLM
+
+    from model.export import export
+
+    export(tmp_path / "zero3_offload", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 3, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, fresh.eval()(tokens), rtol=1e-5, atol=1e-5)
     # a one-process run starts from the ZeRO-3 weights: its first loss is the ZeRO-3 model's loss on batch 1
     child = tmp_path / "child"
     overrides = ["train.micro_batch_size=16", "train.max_steps=1", "train.warmup_steps=0",
@@ -192,3 +203,19 @@ def test_language_model_data_resumes_exactly_across_ranks(tmp_path):
     last = metrics(whole)[-1]
     drawn = sum(last[f"tokens.{name}"] for name in ("code", "prose", "math"))
     assert drawn == STEPS * 2 * 2 * 33  # steps x ranks x micro batch x (seq_len + 1)
+
+
+def test_nonfinite_steps_under_deepspeed(tmp_path):
+    """ZeRO 1-3 skip a NaN step (and the schedule) like the plain engine; stage 0 cannot skip, so it stops
+    cleanly with the weights untouched."""
+    nan = {"env": {"NAN_STEPS": "3"}, "script": "tests/drivers/nan_train.py"}
+    launch(tmp_path / "zero2", nproc=2, overrides=["train.deepspeed=configs/deepspeed/zero2.json",
+                                                   "train.micro_batch_size=8"], **nan)
+    logged = metrics(tmp_path / "zero2")
+    assert [r.get("skipped_step", 0) for r in logged] == [0, 0, 1, 0, 0, 0]
+    assert logged[3]["lr"] == logged[2]["lr"]  # the schedule waited
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "zero2").values())
+    result = launch(tmp_path / "zero0", nproc=2, overrides=["train.deepspeed=configs/deepspeed/zero0.json",
+                                                            "train.micro_batch_size=8"], expect_ok=False, **nan)
+    assert result.returncode != 0
+    assert "non-finite gradient norm (nan) under ZeRO stage 0" in result.stderr

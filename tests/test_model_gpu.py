@@ -81,3 +81,28 @@ def test_cuda_generate_is_greedy_argmax():
         for _ in range(4):
             expected = torch.cat([expected, model(expected)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, expected)
+
+
+def test_bf16_training_keeps_fp32_recurrent_state():
+    """Under bf16 autocast, bf16 activations go in but the kernels accumulate and return the state in fp32."""
+    from kernels.delta_rule import chunk_delta_rule
+    from kernels.selective_scan import selective_scan_fn
+
+    B, T, H, K = 2, 256, 2, 64
+    q, k = (F.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1).bfloat16() for _ in range(2))
+    v = torch.randn(B, T, H, K, device="cuda").bfloat16()
+    beta = (2 * torch.rand(B, T, H, device="cuda")).bfloat16()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, state = chunk_delta_rule(q, k, v, beta, output_final_state=True, backend="triton")
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
+    _, ref_state = chunk_delta_rule(q.float(), k.float(), v.float(), beta.float(), output_final_state=True,
+                                    backend="torch")
+    assert rel_rms(state, ref_state) < 1e-2  # bf16 inputs, fp32 accumulation over 256 steps
+
+    u, delta = torch.randn(B, 128, T, device="cuda").bfloat16(), torch.rand(B, 128, T, device="cuda").bfloat16()
+    A = -torch.rand(128, 16, device="cuda")
+    Bm, C = torch.randn(B, 16, T, device="cuda").bfloat16(), torch.randn(B, 16, T, device="cuda").bfloat16()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, last = selective_scan_fn(u, delta, A, Bm, C, return_last_state=True, allow_neg_eigval=True,
+                                    backend="triton")
+    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32

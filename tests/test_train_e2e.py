@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.checkpoint import CheckpointError
 from trainer.config import load_config
 from trainer.metrics import read_metrics
 from trainer.run import train
@@ -109,8 +110,6 @@ def test_from_checkpoint_matches_trained_model(cache_dir, tmp_path):
 
 
 def test_resume_refuses_a_different_model(cache_dir, tmp_path):
-    from trainer.checkpoint import CheckpointError
-
     train(tiny(cache_dir, tmp_path / "run", "train.stop_at_step=4"), log=lambda m: None)
     saved = (tmp_path / "run/config.yaml").read_text()
     with pytest.raises(CheckpointError, match="different model"):
@@ -148,3 +147,15 @@ def test_make_demo_runs_a_valid_command():
     args = shlex.split(recipe.split("train.py", 1)[1])
     parsed = train_cli.parse_args(args)
     assert load_config(ROOT / parsed.config, parsed.overrides).out_dir == "runs/default"
+
+
+def test_resume_refuses_another_tokenizer(cache_dir, tmp_path):
+    """Same model, but a tokenizer that maps text to other ids: resuming would silently change the data."""
+    run = tmp_path / "run"
+    train(tiny(cache_dir, run, "model.vocab_size=600", "train.stop_at_step=4"), log=lambda m: None)
+    with pytest.raises(CheckpointError, match=r"trained with tokenizer .*\(512 ids\) but data.tokenizer gives "
+                                              r".*\(520 ids\).*resume with data.tokenizer="):
+        train(tiny(cache_dir, run, "model.vocab_size=600", "data.tokenizer_vocab_size=520"), log=lambda m: None)
+    assert len(losses(run)) == 4  # nothing was overwritten
+    train(tiny(cache_dir, run, "model.vocab_size=600"), log=lambda m: None)  # the original tokenizer resumes
+    assert len(losses(run)) == 12

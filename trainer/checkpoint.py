@@ -70,10 +70,19 @@ def write_checkpoint(root: Path, step: int, tokens_seen: int, write_files: Calla
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
         tmp.mkdir()
     barrier()
-    write_files(tmp)
-    barrier()
+    try:
+        write_files(tmp)
+        barrier()
+        if is_main:
+            _seal(tmp, step, tokens_seen)
+    except OSError as err:  # disk full, quota, permissions: keep what exists, free what we half wrote
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = root / LATEST
+        kept = f"the newest complete one is {latest.read_text().strip()}" if latest.is_file() else "none was complete"
+        raise CheckpointError(f"could not write checkpoint {final.name} in {root} ({err}); earlier checkpoints "
+                              f"are untouched ({kept}). Free disk space (or fix permissions), then run again to "
+                              f"resume") from err
     if is_main:
-        _seal(tmp, step, tokens_seen)
         if final.exists():  # re-saving a step (e.g. after a resume): move the old copy aside first
             old = root / f".old-{final.name}"
             shutil.rmtree(old, ignore_errors=True)

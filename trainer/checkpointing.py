@@ -12,6 +12,10 @@ from .loop import Callback, StepResult, Trainer
 
 # model keys that choose how, not what, is computed: a run may resume with another value
 RUNTIME_MODEL_KEYS = {"kernel_backend"}
+# keys that change no parameter's shape: a new run (train.init_from) may start from weights trained with another
+# value, e.g. a published [0, 1] model continued with allow_neg_eigval=true
+INIT_FROM_FREE_KEYS = RUNTIME_MODEL_KEYS | {"allow_neg_eigval", "initializer_range", "dt_min", "dt_max",
+                                            "dt_init_floor"}
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -30,7 +34,7 @@ def save_training_state(trainer: Trainer, root: Path) -> Path:
         torch.save(ckpt.rng_state(), tmp / f"rng_state_rank{rank}.pt")
         if dist.is_main:
             state = {"step": trainer.step, "tokens_seen": trainer.tokens_seen, "world_size": dist.world_size,
-                     "engine": engine_kind(trainer), **extra}
+                     "engine": engine_kind(trainer), "loss_average": trainer.loss_average, **extra}
             (tmp / TRAINER_STATE).write_text(json.dumps(state))
             save_config(trainer.cfg, tmp / "config.yaml")
             if trainer.tokenizer is not None:
@@ -39,16 +43,19 @@ def save_training_state(trainer: Trainer, root: Path) -> Path:
     return ckpt.write_checkpoint(root, trainer.step, trainer.tokens_seen, write, dist=dist)
 
 
-def check_same_model(path: Path, model_cfg) -> None:
-    """CheckpointError unless the checkpoint's model settings equal `model_cfg` (runtime choices aside)."""
+def check_same_model(path: Path, model_cfg, free: set = RUNTIME_MODEL_KEYS) -> dict:
+    """CheckpointError unless the checkpoint's model settings equal `model_cfg` apart from the `free` keys;
+    returns the free keys that differ, as {key: (checkpoint's, config's)}."""
     from model.loading import read_model_config
 
     saved, current = vars(read_model_config(path)), vars(model_cfg)
-    diff = {k: (saved[k], current[k]) for k in saved if saved[k] != current[k] and k not in RUNTIME_MODEL_KEYS}
+    changed = {k: (saved[k], current[k]) for k in saved if saved[k] != current[k]}
+    diff = {k: v for k, v in changed.items() if k not in free}
     if diff:
         raise ckpt.CheckpointError(
             f"checkpoint {path} was trained with a different model (checkpoint vs config: {diff}); resume with "
             f"the same model settings, or start a new run in another out_dir (train.resume=never)")
+    return {k: v for k, v in changed.items() if k in free}
 
 
 def restore_training_state(trainer: Trainer, path: Path) -> None:
@@ -69,6 +76,7 @@ def restore_training_state(trainer: Trainer, path: Path) -> None:
             f"its weights with train.init_from={path}")
     trainer.engine.load(path, state)
     trainer.step, trainer.tokens_seen = state["step"], state["tokens_seen"]
+    trainer.loss_average = state.get("loss_average")
     rank = trainer.dist.rank
     data_state = path / f"data_state_rank{rank}.pt"
     if not data_state.is_file():

@@ -18,6 +18,7 @@ import yaml
 
 from data.config import DataConfig
 from data.state_tracking.config import TaskConfig
+from eval.config import HarnessConfig
 from model.config import ModelConfig
 
 
@@ -75,6 +76,8 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | PATH to a checkpoint or run directory
     init_from: str | None = None  # start a new run from a checkpoint's weights only (not its optimizer or data)
     deepspeed: str | None = None  # a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json; null = plain or DDP
+    max_skipped_steps: int = 5  # non-finite loss/grad norm: skip the update; stop after this many in a row
+    spike_factor: float = 1.5  # log a loss spike when the loss exceeds this times its running average (0: off)
     dist_timeout_minutes: float = 30.0  # a collective waiting longer (a dead or stuck rank) fails the job
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -103,6 +106,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value.strip():
                 raise ValueError(f"train.{name} is empty; set a path or null")
+        if self.max_skipped_steps < 0:
+            raise ValueError(f"train.max_skipped_steps={self.max_skipped_steps} must be >= 0 (0: stop at the first "
+                             f"non-finite step)")
+        if self.spike_factor != 0 and not self.spike_factor > 1:
+            raise ValueError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 to turn spike logging off)")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"train.max_minutes={self.max_minutes} must be > 0 (or null for no budget)")
         if not self.dist_timeout_minutes > 0:
@@ -140,10 +148,14 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)  # lm-eval tasks during training
 
     def validate(self) -> None:
         if not self.out_dir:
             raise ValueError("out_dir must name a directory for the run's outputs")
+        if self.task.name and self.harness.tasks:
+            raise ValueError(f"harness.tasks={self.harness.tasks} needs a language-model run, but task.name="
+                             f"{self.task.name!r} trains a state-tracking task; drop one of the two")
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .distributed import DistContext
+from .errors import TrainingError
 from .optim import build_optimizer, build_scheduler
 
 TAG = "deepspeed"  # the engine checkpoint's sub-directory inside our step-XXXXXXXX directory
@@ -127,14 +129,20 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, bool]:
+        """(gradient norm, whether the update was applied). ZeRO 1-3 skip the update and the schedule on a
+        non-finite norm themselves; stage 0 cannot skip (it would apply NaN), so there it stops the run."""
         norm = None
         if self.stage == 0:  # DeepSpeed clips stage-0 gradients without keeping the norm; they are whole here
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), float("inf")).item()
+            if not math.isfinite(norm):
+                raise TrainingError(f"non-finite gradient norm ({norm}) under ZeRO stage 0, which cannot skip an "
+                                    f"update; the weights were not changed. Resume from the newest checkpoint, "
+                                    f"or use ZeRO stage 1-3 (configs/deepspeed/zero1.json), which skips such steps")
         self.model.step()  # the boundary: clip, update, schedule, zero the gradients
         if norm is None:
             norm = float(self.model.get_global_grad_norm())
-        return norm
+        return norm, self.model.was_step_applied()
 
     def save(self, directory: Path) -> dict:
         """DeepSpeed's checkpoint of this rank's partitions (a collective call)."""
@@ -174,7 +182,6 @@ def consolidated_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     if any(engine_dir.glob("*zero_pp_rank_*_optim_states.pt")):
         state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG)
     else:
-        # DeepSpeed's own file pickles its config objects, so weights_only loading cannot read it.
-        saved = torch.load(engine_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        saved = torch.load(engine_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
         state = saved["module"]
     return {name: tensor.float().contiguous() for name, tensor in state.items()}

@@ -59,10 +59,12 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor[0].item() == value and -tensor[1].item() == value
 
-    def shutdown(self) -> None:
-        """Leave together: a final barrier, so no rank exits while another still talks to it, then tear down."""
+    def shutdown(self, clean: bool = True) -> None:
+        """Leave together: a final barrier, so no rank exits while another still talks to it, then tear down.
+        After an error there is no barrier: the other ranks may never reach it (the launcher stops them)."""
         if self.initialized and dist.is_initialized():
-            dist.barrier()
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
         self.initialized = False
 

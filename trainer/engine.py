@@ -3,7 +3,7 @@ DeepSpeed ZeRO in deepspeed_engine.py. The trainer talks only to this interface.
 
     with engine.micro_batch(last):     # per micro-batch: forward and backward
         loss = lm_loss(engine.forward(inputs), targets); engine.backward(loss)
-    grad_norm = engine.step()          # clip, update, schedule, zero the gradients
+    grad_norm, applied = engine.step() # clip, update, schedule, zero the gradients (skipped if non-finite)
 """
 from __future__ import annotations
 
@@ -53,13 +53,17 @@ class PlainEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, bool]:
+        """Clip, update and schedule; returns (gradient norm before clipping, whether the update was applied:
+        a non-finite norm skips the update and the schedule, as DeepSpeed's ZeRO optimizers do)."""
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm).item()
-        self.optimizer.step()
-        self.scheduler.step()
+        applied = math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, applied
 
     def save(self, directory: Path) -> dict:
         """Write weights and optimizer (rank 0); return what goes into trainer_state.json."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .errors import TrainingError
+
 
 @dataclass
 class StepResult:
@@ -52,7 +54,7 @@ class Trainer:
     evaluation, sampling and statistics. Every rank runs the same loop; the logged loss is the mean over ranks.
     """
 
-    def __init__(self, cfg, engine, data, dist, callbacks=(), tokenizer=None):
+    def __init__(self, cfg, engine, data, dist, callbacks=(), tokenizer=None, log=lambda message: None):
         self.cfg = cfg
         self.engine = engine
         self.model = engine.module
@@ -66,6 +68,9 @@ class Trainer:
         self.tokens_seen = 0
         self.stop_step = cfg.train.stop_at_step or cfg.train.max_steps
         self.autocast = self._autocast_context()
+        self.log = log
+        self.skipped_in_a_row = 0
+        self.loss_average = None  # running average of finite losses, for spike detection
 
     def _autocast_context(self):
         precision = self.cfg.train.precision
@@ -84,12 +89,34 @@ class Trainer:
         started = time.monotonic()
         while self.step < self.stop_step:
             result = self.train_step()
+            self._watch_numerics(result)
             if self._out_of_time(started):
                 self.stop_step = self.step  # callbacks now treat this as the last step: evaluate, save, log
             for callback in self.callbacks:
                 callback.on_step_end(self, result)
         for callback in self.callbacks:
             callback.on_train_end(self)
+
+    def _watch_numerics(self, result: StepResult) -> None:
+        """Flag skipped (non-finite) steps and loss spikes in the metrics; stop after too many skips in a row."""
+        if "skipped_step" in result.extra:
+            self.skipped_in_a_row += 1
+            limit = self.cfg.train.max_skipped_steps
+            self.log(f"warning: step {result.step}: non-finite loss ({result.loss}) or gradient norm "
+                     f"({result.grad_norm}); the update was skipped ({self.skipped_in_a_row} in a row)")
+            if self.skipped_in_a_row > limit:
+                raise TrainingError(
+                    f"{self.skipped_in_a_row} non-finite steps in a row (steps {result.step - self.skipped_in_a_row + 1}"
+                    f"-{result.step}; train.max_skipped_steps={limit}): stopping. The weights were not updated by "
+                    f"them and the checkpoints are intact; lower train.lr or check the data, then resume")
+            return
+        self.skipped_in_a_row = 0
+        factor, average = self.cfg.train.spike_factor, self.loss_average
+        if factor and average is not None and result.loss > factor * average and result.loss > average + 0.1:
+            result.extra["loss_spike"] = result.loss / average
+            self.log(f"warning: step {result.step}: loss spike, {result.loss:.4f} against a running average of "
+                     f"{average:.4f}")
+        self.loss_average = result.loss if average is None else 0.95 * average + 0.05 * result.loss
 
     def _out_of_time(self, started: float) -> bool:
         """Whether train.max_minutes has passed on any rank (all ranks must stop at the same step)."""
@@ -121,12 +148,14 @@ class Trainer:
                 eig_stats = self.model.eigenvalue_stats()
                 self.model.track_eigenvalues(False)
         lr = self.engine.lr()
-        grad_norm = self.engine.step()
+        grad_norm, applied = self.engine.step()
         self.step = step
         self.tokens_seen += tokens * self.world_size
         result = StepResult(step=step, loss=self.dist.mean(total_loss), grad_norm=grad_norm, lr=lr,
                             tokens=self.tokens_seen, step_time=time.perf_counter() - start)
         result.extra.update(eig_stats)
+        if not applied:
+            result.extra["skipped_step"] = 1
         if self.is_log_step(step):
             result.extra.update(self._tokens_per_source())
         return result

@@ -26,6 +26,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep only records up to `last_step`, so a resumed run neither duplicates nor skips steps."""
+    if not path.exists():
+        return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -41,8 +43,7 @@ class MetricsLogger(Callback):
         self.writer = None
 
     def on_train_start(self, trainer: Trainer) -> None:
-        if self.path.exists():
-            truncate_metrics(self.path, trainer.step)
+        # run.py has already cut the file back to the resumed step (truncate_metrics)
         self.file = open(self.path, "a", buffering=1)
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .checkpointing import CheckpointSaver, check_same_model, restore_training_state
+from .checkpointing import INIT_FROM_FREE_KEYS, CheckpointSaver, check_same_model, restore_training_state
 from .config import Config, ConfigError, save_config
 from .distributed import DistContext, init_distributed
 from .engine import build_engine
 from .evaluation import TaskAccuracy, ValidationLoss
 from .loop import Trainer
-from .metrics import METRICS_FILE, MetricsLogger, read_metrics
+from .metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics
 from .plots import LossPlot
 from .progress import ProgressBar
 
@@ -92,15 +92,16 @@ def build_task_data(cfg: Config, dist: DistContext):
 def train(cfg: Config, log=print) -> RunSummary:
     """Train on this process's share of the job (every rank of a torchrun/deepspeed launch calls this)."""
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes, need_group=bool(cfg.train.deepspeed))
-    engine = None
+    engine, clean = None, False
     try:
         main_log = log if dist.is_main else (lambda message: None)
         summary, engine = _train(cfg, dist, main_log)
+        clean = True
         return summary
     finally:
-        if engine is not None:
+        if engine is not None and clean:
             engine.close()
-        dist.shutdown()
+        dist.shutdown(clean)
 
 
 def _train(cfg: Config, dist: DistContext, log):
@@ -127,12 +128,16 @@ def _train(cfg: Config, dist: DistContext, log):
     if cfg.train.init_from and source is None:
         init_weights(model, cfg, log)
     engine = build_engine(cfg, model, dist)
-    trainer = Trainer(cfg, engine, data, dist, tokenizer=tokenizer)
+    trainer = Trainer(cfg, engine, data, dist, tokenizer=tokenizer, log=log)
     if source is not None:
+        if tokenizer is not None:
+            check_resume_tokenizer(source, tokenizer)
         restore_training_state(trainer, source)
         log(f"resumed from {source} (step {trainer.step})")
     if dist.is_main:
         save_config(cfg, out_dir / "config.yaml")  # after the resume checks, so a refused run leaves the old one
+        # records past the checkpoint (and a line cut by a kill) go: the steps are about to be redone
+        truncate_metrics(out_dir / METRICS_FILE, trainer.step)
     parallel = f", {dist.world_size} processes" if dist.world_size > 1 else ""
     log(f"model: {cfg.model.mixer}, allow_neg_eigval={cfg.model.allow_neg_eigval}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; device {dist.device}{parallel}"
@@ -140,10 +145,17 @@ def _train(cfg: Config, dist: DistContext, log):
 
     saver = CheckpointSaver(out_dir / "checkpoints", cfg.train.save_every, cfg.log.keep_last_n, log=log)
     plot = LossPlot(out_dir, baseline) if cfg.log.plot and dist.is_main else None
-    callbacks = [evaluation, saver]  # collective work: every rank
-    if dist.is_main:
-        callbacks += [MetricsLogger(out_dir, cfg.log.tensorboard), ProgressBar() if cfg.log.progress_bar else None,
-                      plot]
+    # Order matters: evaluations add to a step's record, the record is logged, and only then is the step
+    # checkpointed, so a run killed after a save never resumes past a step whose record was not written.
+    # Evaluations and saving are collective (every rank); logging is rank 0's.
+    harness = None
+    if cfg.harness.tasks and tokenizer is not None:  # lm-eval tasks need a language model
+        from eval.harness_callback import HarnessEvaluation
+
+        harness = HarnessEvaluation(cfg.harness, tokenizer)
+    main_only = dist.is_main
+    callbacks = [evaluation, harness, MetricsLogger(out_dir, cfg.log.tensorboard) if main_only else None,
+                 ProgressBar() if cfg.log.progress_bar and main_only else None, saver, plot]
     trainer.callbacks = [c for c in callbacks if c is not None]
     if trainer.step < trainer.stop_step:
         trainer.fit()
@@ -169,11 +181,33 @@ def _train(cfg: Config, dist: DistContext, log):
     return summary, engine
 
 
+def check_resume_tokenizer(source: Path, tokenizer) -> None:
+    """Refuse to resume with a tokenizer other than the checkpoint's: the same ids would mean other text."""
+    from data import load_tokenizer
+    from data.config import DataConfig
+    from data.tokenizer import tokenizer_fingerprint
+
+    saved_dir = source / "tokenizer"
+    if not saved_dir.is_dir():
+        return
+    saved = tokenizer_fingerprint(load_tokenizer(DataConfig(tokenizer=str(saved_dir))))
+    current = tokenizer_fingerprint(tokenizer)
+    if {k: v for k, v in saved.items() if k != "tokenizer"} != {k: v for k, v in current.items() if k != "tokenizer"}:
+        raise ckpt.CheckpointError(
+            f"checkpoint {source} was trained with tokenizer {saved['tokenizer']!r} ({saved['vocab_size']} ids) but "
+            f"data.tokenizer gives {current['tokenizer']!r} ({current['vocab_size']} ids), which encodes text "
+            f"differently; resume with data.tokenizer={saved_dir} (or the original setting), or start a new run")
+
+
 def init_weights(model, cfg: Config, log) -> None:
     """Start from another run's weights (train.init_from): same model settings, fresh optimizer and data."""
     from model.loading import load_weights
 
     source = ckpt.resolve(cfg.train.init_from)
-    check_same_model(source, cfg.model)
+    changed = check_same_model(source, cfg.model, free=INIT_FROM_FREE_KEYS)
     load_weights(model, source)
     log(f"initialised the weights from {source}")
+    if "allow_neg_eigval" in changed:
+        log(f"note: allow_neg_eigval changes from {changed['allow_neg_eigval'][0]} to "
+            f"{changed['allow_neg_eigval'][1]}: the same weights compute a different function (DeltaNet's beta "
+            f"doubles, Mamba's decay becomes 2 exp(delta A) - 1), so expect the loss to rise at first")
