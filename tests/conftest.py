@@ -15,3 +15,12 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def no_tf32():
+    """Real fp32 on CUDA: TF32 matmuls and convs round to 10 mantissa bits, too coarse for fp32 comparisons."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -5,18 +5,10 @@ import torch
 
 from export_helpers import random_model, rms_rel
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+              pytest.mark.usefixtures("no_tf32")]
 modeling = pytest.importorskip("model.hf.modeling_lrnn", reason="needs transformers' linear-attention cache API",
                                exc_type=ImportError)
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    # TF32 matmuls round to 10 mantissa bits; the fp32 comparisons below need real fp32
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("mixer,neg", [("deltanet", False), ("deltanet", True), ("mamba", False), ("mamba", True)])

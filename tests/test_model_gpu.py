@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from model import ModelConfig, build_model
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+              pytest.mark.usefixtures("no_tf32")]
 MIXERS = ("deltanet", "mamba", "attention", "lstm")
 
 
@@ -18,15 +18,6 @@ def tiny(mixer, neg):
 
 def rel_rms(x, ref):
     return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    # TF32 matmuls/convs round to 10 mantissa bits; fp32 comparisons below need real fp32
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _decode(model, ids, split):
