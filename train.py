@@ -20,7 +20,8 @@ def print_summary(summary) -> None:
     if summary.last_checkpoint:
         lines.append(f"  checkpoint:   {summary.last_checkpoint}")
     lines.append(f"  metrics:      {summary.out_dir / 'metrics.jsonl'}")
-    lines.append(f"  tensorboard:  tensorboard --logdir {summary.out_dir / 'tensorboard'}")
+    if (summary.out_dir / "tensorboard").is_dir():
+        lines.append(f"  tensorboard:  tensorboard --logdir {summary.out_dir / 'tensorboard'}")
     if summary.plot:
         lines.append(f"  loss curve:   {summary.plot}")
     if summary.final_loss is not None:

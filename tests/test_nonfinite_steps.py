@@ -78,4 +78,4 @@ def test_loss_spike_is_flagged(monkeypatch, tmp_path):
     run(tmp_path, messages=messages)
     flagged = [r["step"] for r in records(tmp_path) if "loss_spike" in r]
     assert flagged == [6]
-    assert any("step 6: loss spike" in m for m in messages)
+    assert any("step 6: loss spike" in m and "standard deviations above the running mean" in m for m in messages)

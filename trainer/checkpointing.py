@@ -34,7 +34,7 @@ def save_training_state(trainer: Trainer, root: Path) -> Path:
         torch.save(ckpt.rng_state(), tmp / f"rng_state_rank{rank}.pt")
         if dist.is_main:
             state = {"step": trainer.step, "tokens_seen": trainer.tokens_seen, "world_size": dist.world_size,
-                     "engine": engine_kind(trainer), "loss_average": trainer.loss_average, **extra}
+                     "engine": engine_kind(trainer), "loss_stats": trainer.loss_stats, **extra}
             (tmp / TRAINER_STATE).write_text(json.dumps(state))
             save_config(trainer.cfg, tmp / "config.yaml")
             if trainer.tokenizer is not None:
@@ -76,7 +76,7 @@ def restore_training_state(trainer: Trainer, path: Path) -> None:
             f"its weights with train.init_from={path}")
     trainer.engine.load(path, state)
     trainer.step, trainer.tokens_seen = state["step"], state["tokens_seen"]
-    trainer.loss_average = state.get("loss_average")
+    trainer.loss_stats = state.get("loss_stats")
     rank = trainer.dist.rank
     data_state = path / f"data_state_rank{rank}.pt"
     if not data_state.is_file():

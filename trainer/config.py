@@ -77,7 +77,7 @@ class TrainConfig:
     init_from: str | None = None  # start a new run from a checkpoint's weights only (not its optimizer or data)
     deepspeed: str | None = None  # a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json; null = plain or DDP
     max_skipped_steps: int = 5  # non-finite loss/grad norm: skip the update; stop after this many in a row
-    spike_factor: float = 1.5  # log a loss spike when the loss exceeds this times its running average (0: off)
+    spike_sigmas: float = 6.0  # log a loss spike when the loss exceeds its running mean by this many std (0: off)
     dist_timeout_minutes: float = 30.0  # a collective waiting longer (a dead or stuck rank) fails the job
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -109,8 +109,8 @@ class TrainConfig:
         if self.max_skipped_steps < 0:
             raise ValueError(f"train.max_skipped_steps={self.max_skipped_steps} must be >= 0 (0: stop at the first "
                              f"non-finite step)")
-        if self.spike_factor != 0 and not self.spike_factor > 1:
-            raise ValueError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 to turn spike logging off)")
+        if not self.spike_sigmas >= 0:
+            raise ValueError(f"train.spike_sigmas={self.spike_sigmas} must be >= 0 (0 turns spike logging off)")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"train.max_minutes={self.max_minutes} must be > 0 (or null for no budget)")
         if not self.dist_timeout_minutes > 0:

@@ -70,7 +70,7 @@ class Trainer:
         self.autocast = self._autocast_context()
         self.log = log
         self.skipped_in_a_row = 0
-        self.loss_average = None  # running average of finite losses, for spike detection
+        self.loss_stats = None  # running mean, variance and count of finite losses, for spike detection
 
     def _autocast_context(self):
         precision = self.cfg.train.precision
@@ -111,12 +111,21 @@ class Trainer:
                     f"them and the checkpoints are intact; lower train.lr or check the data, then resume")
             return
         self.skipped_in_a_row = 0
-        factor, average = self.cfg.train.spike_factor, self.loss_average
-        if factor and average is not None and result.loss > factor * average and result.loss > average + 0.1:
-            result.extra["loss_spike"] = result.loss / average
-            self.log(f"warning: step {result.step}: loss spike, {result.loss:.4f} against a running average of "
-                     f"{average:.4f}")
-        self.loss_average = result.loss if average is None else 0.95 * average + 0.05 * result.loss
+        # Batches differ (code vs generated math can differ by 3 nats), so a spike is measured in running standard
+        # deviations, not as a ratio; 5 steps of history come first.
+        sigmas, stats = self.cfg.train.spike_sigmas, self.loss_stats
+        if stats is None:
+            self.loss_stats = [result.loss, 0.0, 1]
+            return
+        mean, var, count = stats
+        excess = (result.loss - mean) / max(var ** 0.5, 1e-3)
+        if sigmas and count >= 5 and excess > sigmas:
+            result.extra["loss_spike"] = excess
+            self.log(f"warning: step {result.step}: loss spike, {result.loss:.4f} is {excess:.1f} standard "
+                     f"deviations above the running mean {mean:.4f}")
+        delta = result.loss - mean  # exponentially weighted mean and variance (weight 0.05 per step)
+        mean += 0.05 * delta
+        self.loss_stats = [mean, 0.95 * (var + 0.05 * delta * delta), count + 1]
 
     def _out_of_time(self, started: float) -> bool:
         """Whether train.max_minutes has passed on any rank (all ranks must stop at the same step)."""
