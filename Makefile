@@ -5,6 +5,9 @@ PYTHON := $(VENV)/bin/python
 # requirements.txt's range then accepts it. Override with `make install TORCH_CPU=`.
 TORCH_CPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
 export DS_BUILD_OPS ?= 0
+# Idle OpenMP threads sleep instead of spinning: on busy shared cores spinning made CPU steps ~12x slower
+# (bench/run.py measured 10-11 s against 0.9 s per default-config step).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-all clean
 

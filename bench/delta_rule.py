@@ -15,7 +15,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from bench.timing import device, emit, median_ms, print_table, report, rows_from_records, run_child
+from bench.timing import device, emit, measure, median_ms, print_table, report, rows_from_records, run_child
 from kernels.delta_rule import chunk_delta_rule
 
 GPU_B, GPU_H = 4, 8
@@ -48,8 +48,12 @@ def make_inputs(B, T, H, D, dtype, device, seed=0):
     return [x.to(dtype).requires_grad_() for x in (q, F.normalize(k, dim=-1), v, beta)]
 
 
-def time_op(op, B, T, H, D, dtype, device, repeats=7):
-    """{"fwd": ms, "fwd_bwd": ms} of op(q, k, v, beta) -> o: forward without a graph, and forward plus backward."""
+def time_op(op, B, T, H, D, dtype, device, repeats=7, budget_s=60.0):
+    """{"fwd": ms, "fwd_bwd": ms} of op(q, k, v, beta) -> o: forward without a graph, and forward plus backward.
+
+    On CPU also fwd_bwd_mb (peak MB of forward + backward above the inputs) and n (fewest timed runs; fewer than
+    `repeats` when a call is so slow that budget_s caps them, see timing.measure).
+    """
     inputs = make_inputs(B, T, H, D, dtype, device)
     do = torch.randn_like(inputs[2])
 
@@ -60,7 +64,10 @@ def time_op(op, B, T, H, D, dtype, device, repeats=7):
     def fwd_bwd():
         torch.autograd.grad(op(*inputs), inputs, do)
 
-    return {"fwd": median_ms(fwd, repeats), "fwd_bwd": median_ms(fwd_bwd, repeats)}
+    if device != "cpu":
+        return {"fwd": median_ms(fwd, repeats), "fwd_bwd": median_ms(fwd_bwd, repeats)}
+    f, fb = measure(fwd, repeats, budget_s), measure(fwd_bwd, repeats, budget_s)
+    return {"fwd": f["ms"], "fwd_bwd": fb["ms"], "fwd_bwd_mb": fb["mb"], "n": min(f["n"], fb["n"])}
 
 
 def ours(backend, l2norm):
@@ -155,8 +162,10 @@ def cpu_ops():
     return ops
 
 
-def bench_cpu(lengths, repeats=7):
-    """Time the torch paths in fp32 on CPU at K=V=64 for each T in lengths, print the tables; returns the rows."""
+def bench_cpu(lengths, repeats=7, budget_s=60.0):
+    """Time the torch paths in fp32 on CPU at K=V=64 for each T in lengths, print the tables; returns the rows.
+
+    Rows also hold the peak memory of forward + backward (fwd_bwd_mb); budget_s caps the runs of slow calls."""
     if any(T % CHUNK for T in lengths):
         raise ValueError(f"delta rule CPU lengths must be multiples of {CHUNK} (fla's chunkwise reference needs whole "
                          f"chunks), got {list(lengths)}")
@@ -167,7 +176,7 @@ def bench_cpu(lengths, repeats=7):
     for T in lengths:
         for name, op in ops.items():
             rows.append(dict(shape=(T, CPU_D), name=name, **time_op(op, CPU_B, T, CPU_H, CPU_D, torch.float32, "cpu",
-                                                                     repeats)))
+                                                                     repeats, budget_s)))
             report(rows[-1], cpu_rate, "GFLOP/s")
     print_table(rows, "(T, K=V)", list(ops), cpu_rate, "GFLOP/s by the chunked count")
     return rows

@@ -16,7 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.timing import device, emit, label, median_ms, print_table, report, rows_from_records, run_child, sync
+from bench.timing import (device, emit, label, measure, median_ms, print_table, report, rows_from_records, run_child,
+                          sync)
 from kernels.selective_scan import selective_scan_fn
 from model.conv import ShortConv
 
@@ -78,11 +79,15 @@ def ours(backend):
     return lambda **kw: selective_scan_fn(**kw, **FLAGS, backend=backend)
 
 
-def time_scan(shape, name, scan, repeats=7):
-    """The row of one scan at shape (b, d, n, L, dtype name): fwd and fwd+bwd ms."""
+def time_scan(shape, name, scan, repeats=7, budget_s=60.0):
+    """The row of one scan at shape (b, d, n, L, dtype name): fwd and fwd+bwd ms; on CPU also fwd_bwd_mb (peak MB
+    of forward + backward) and n (fewest timed runs, see timing.measure)."""
     *bdnl, dtype = shape
     fwd, fwd_bwd = scan_fns(mamba_inputs(*bdnl, getattr(torch, dtype), device()), scan)
-    return dict(shape=shape, name=name, fwd=median_ms(fwd, repeats), fwd_bwd=median_ms(fwd_bwd, repeats))
+    if device() != "cpu":
+        return dict(shape=shape, name=name, fwd=median_ms(fwd, repeats), fwd_bwd=median_ms(fwd_bwd, repeats))
+    f, fb = measure(fwd, repeats, budget_s), measure(fwd_bwd, repeats, budget_s)
+    return dict(shape=shape, name=name, fwd=f["ms"], fwd_bwd=fb["ms"], fwd_bwd_mb=fb["mb"], n=min(f["n"], fb["n"]))
 
 
 def gpu_scan_rows(shapes):
@@ -216,8 +221,9 @@ def unbind_token_loop(u, delta, A, B, C, D, z, delta_bias, allow_neg_eigval, del
     return y * F.silu(z)
 
 
-def bench_cpu(lengths, repeats=7):
-    """Time the torch path and the unbind token loop in fp32 on CPU for each L in lengths; returns the rows."""
+def bench_cpu(lengths, repeats=7, budget_s=60.0):
+    """Time the torch path and the unbind token loop in fp32 on CPU for each L in lengths; returns the rows
+    (with the peak memory of forward + backward; budget_s caps the runs of slow calls)."""
     print(f"selective scan, CPU ({torch.get_num_threads()} threads): fp32, (b, d, n) = {CPU_BDN}, allow_neg_eigval, "
           f"median of {repeats}")
     rows = []
@@ -229,7 +235,7 @@ def bench_cpu(lengths, repeats=7):
             assert (y - ref).norm() <= 1e-5 * ref.norm(), "the unbind loop disagrees with the torch path"
         loop = lambda **kw: unbind_token_loop(**kw, **FLAGS)  # noqa: E731
         for name, scan in (("ours torch", ours("torch")), ("unbind loop", loop)):
-            rows.append(time_scan(shape, name, scan, repeats))
+            rows.append(time_scan(shape, name, scan, repeats, budget_s))
             report(rows[-1], rate, "GB/s")
     print_table(rows, "(b, d, n, L, dtype)", ["ours torch", "unbind loop"], rate, "GB/s")
     return rows

@@ -1,5 +1,8 @@
-"""Timing shared by the kernel benchmarks: a median per measurement on CPU or GPU, peers run in a child process
-with a time limit, and the results table (time, achieved rate, ratio to ours)."""
+"""Timing shared by the benchmarks: a median per measurement on CPU or GPU, the peak memory of a call, peers run
+in a child process with a time limit, and the results table (time, achieved rate, ratio to ours)."""
+import ctypes
+import ctypes.util
+import gc
 import importlib
 import json
 import os
@@ -58,6 +61,73 @@ def median_ms(fn, repeats=7, min_run_s=0.02):
     return 1e3 * statistics.median(times)
 
 
+def _status_bytes(key):
+    """A size line of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def _reset_peak_rss():
+    """Set the process's peak resident set (VmHWM) to its current size; False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def peak_growth(fn):
+    """Run fn once on CPU; return (seconds, peak bytes it used above what was in use before, or None if Linux's
+    /proc does not tell).
+
+    The growth of the resident set: the memory the process really held (tensors, allocator slack, workspaces).
+    Freed heap memory is first handed back (malloc_trim), the kernel's peak-RSS mark is reset to the current size
+    (/proc/self/clear_refs), and VmHWM is read after the call.
+    """
+    gc.collect(1)  # the young generations hold what earlier calls left; a full collection takes ~0.3 s here
+    if hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+    measurable = os.path.exists("/proc/self/status") and _reset_peak_rss()
+    before = _status_bytes("VmRSS") if measurable else 0
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    return seconds, (_status_bytes("VmHWM") - before) if measurable else None
+
+
+def measure(fn, repeats=5, budget_s=60.0, min_run_s=0.02):
+    """On CPU: {"ms": median ms of a call, "n": timed runs, "mb": peak MB of a call above the memory before it}.
+
+    Two warm-up calls, the second measuring memory (the first may allocate once-only buffers); then `repeats`
+    runs, each of enough calls to last min_run_s. A call so slow that warm-ups plus repeats would pass budget_s is
+    its own warm-up: its first call gives the memory and the first sample, and further runs are added while they
+    fit, so n < repeats marks a slow peer.
+    """
+    first_s, peak = peak_growth(fn)
+    if first_s * (repeats + 2) > budget_s:
+        times = [first_s]
+        while len(times) < repeats and (len(times) + 1) * first_s <= budget_s:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return {"ms": 1e3 * statistics.median(times), "n": len(times), "mb": None if peak is None else peak / 2 ** 20}
+    _, peak = peak_growth(fn)
+    mb = None if peak is None else peak / 2 ** 20
+    inner = max(1, int(min_run_s / max(first_s, 1e-6)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - start) / inner)
+    return {"ms": 1e3 * statistics.median(times), "n": repeats, "mb": mb}
+
+
 def emit(**record):
     """In a child: print one result for the parent to collect."""
     print(RECORD + json.dumps(record), flush=True)
@@ -91,6 +161,29 @@ def run_child(fn, timeout, **kwargs):
     if note and tail:
         note += "; its last output:\n    " + "\n    ".join(tail)
     return records, note
+
+
+def child_rows(fn, timeout, name, shapes, **kwargs):
+    """Rows named `name` of a peer timed by fn(shapes=..., **kwargs) in a child process stopped after `timeout` s.
+
+    fn emits {"shape", "started": time.time()} before it measures a shape and {"shape", ...results} after. The
+    shape it was measuring when stopped gets over_ms (how long it had run: a lower bound on its time); shapes it
+    never reached get error, the reason.
+    """
+    records, note = run_child(fn, timeout, shapes=shapes, **kwargs)
+    ended = time.time()
+    started = {tuple(r["shape"]): r["started"] for r in records if "started" in r}
+    done = {tuple(r["shape"]): r for r in records if "started" not in r}
+    rows = []
+    for shape in map(tuple, shapes):
+        if shape in done:
+            rows.append(dict(done[shape], shape=shape, name=name))
+        elif shape in started and note and note.startswith("stopped"):
+            rows.append(dict(shape=shape, name=name, over_ms=1e3 * (ended - started[shape]),
+                             error=f"stopped after {ended - started[shape]:.0f} s of this shape"))
+        else:
+            rows.append(dict(shape=shape, name=name, error=note or "no record"))
+    return rows
 
 
 def report(row, rate, unit, extra=""):

@@ -184,3 +184,19 @@ def test_varlen_state_count_follows_the_sequences():
     q, k, v, beta = (x[:1] for x in _bad().values())
     with pytest.raises(ValueError, match=r"N = number of sequences in cu_seqlens"):
         chunk_delta_rule(q, k, v, beta, cu_seqlens=torch.tensor([0, 3, 8]), initial_state=torch.zeros(1, 2, 4, 3))
+
+
+@pytest.mark.parametrize("C", [1, 3, 16, 37, 64])
+def test_unit_lower_inverse_matches_a_triangular_solve(C):
+    """The batched-matmul block inverse of I + A (A strictly lower, as in a chunk with beta up to 2) equals
+    LAPACK's triangular solve against the identity, for power-of-two and padded chunk sizes."""
+    from kernels.delta_rule.chunk import unit_lower_inverse
+
+    k = F.normalize(torch.randn(3, 2, C, 16, dtype=torch.float64), dim=-1)
+    beta = 2 * torch.rand(3, 2, C, 1, dtype=torch.float64)
+    A = torch.tril(beta * (k @ k.transpose(-1, -2)), diagonal=-1)
+    eye = torch.eye(C, dtype=A.dtype).expand_as(A)
+    ref = torch.linalg.solve_triangular(A + eye, eye, upper=False)
+    got = unit_lower_inverse(A)
+    assert got.shape == ref.shape and rel_rms(got, ref) < 1e-12  # fp64: only rounding differs
+    assert torch.allclose(got @ (A + eye), eye, atol=1e-9)
