@@ -91,6 +91,17 @@ def read_token_stream(spec: str, tokenizer, data_cfg, max_tokens: int, text_fiel
     return ids[:max_tokens + 1]
 
 
+def checkpoint_data_config(checkpoint: Path):
+    """The DataConfig a checkpoint was trained with. Only its `data` section is read, so checkpoints whose
+    trainer keys have since been renamed can still be evaluated."""
+    import yaml
+
+    from trainer.config import from_dict
+
+    raw = yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}
+    return from_dict({"data": raw.get("data") or {}}).data
+
+
 def parse_data(specs: list[str]) -> dict[str, str]:
     """["code=embedded:code", "notes.txt"] -> {"code": "embedded:code", "notes.txt": "notes.txt"}."""
     out = {}
@@ -163,15 +174,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.errors import DataError
     from trainer.checkpoint import CheckpointError
-    from trainer.config import load_config
-
     results = []
     try:
         data = parse_data(args.data)
         max_tokens = args.max_tokens or 16 * max(args.lengths)
         for path in args.checkpoint:
             model, tokenizer, checkpoint = load_checkpoint(path, args.device)
-            data_cfg = load_config(checkpoint / "config.yaml").data
+            data_cfg = checkpoint_data_config(checkpoint)
             scores = {}
             for name, spec in data.items():
                 ids = read_token_stream(spec, tokenizer, data_cfg, max_tokens, args.text_field)

@@ -2,11 +2,11 @@
 # [0, 1] against [-1, 1] at CPU scale: trains DeltaNet and Mamba with each eigenvalue range on the embedded
 # corpus (configs/default.yaml, STEPS steps each), then runs every evaluation on the four checkpoints and writes
 # JSON under $OUT (default runs/compare). docs/evaluation.md's CPU table comes from this script.
-#   eval/scripts/compare_small.sh            # about 1 hour on 2 CPU cores
+#   eval/scripts/compare_small.sh            # about 1 hour on 2 CPU cores (docs/evaluation.md)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/compare}
-STEPS=${STEPS:-1000}
+STEPS=${STEPS:-600}
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT/results"
