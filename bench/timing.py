@@ -52,13 +52,18 @@ def median_ms(fn, repeats=7, min_run_s=0.02):
     start = time.perf_counter()
     fn()
     inner = max(1, int(min_run_s / max(time.perf_counter() - start, 1e-6)))
+    return 1e3 * statistics.median(_timed_runs(fn, repeats, inner))
+
+
+def _timed_runs(fn, repeats: int, inner: int) -> list[float]:
+    """Seconds per call of `repeats` runs of `inner` back-to-back calls each."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(inner):
             fn()
         times.append((time.perf_counter() - start) / inner)
-    return 1e3 * statistics.median(times)
+    return times
 
 
 def _status_bytes(key):
@@ -119,13 +124,7 @@ def measure(fn, repeats=5, budget_s=60.0, min_run_s=0.02):
     _, peak = peak_growth(fn)
     mb = None if peak is None else peak / 2 ** 20
     inner = max(1, int(min_run_s / max(first_s, 1e-6)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - start) / inner)
-    return {"ms": 1e3 * statistics.median(times), "n": repeats, "mb": mb}
+    return {"ms": 1e3 * statistics.median(_timed_runs(fn, repeats, inner)), "n": repeats, "mb": mb}
 
 
 def emit(**record):
