@@ -169,8 +169,8 @@ def export_native(model: torch.nn.Module, out_dir: Path, fmt: str,
     """Write config.json and model.safetensors for `model` (a LanguageModel) in format "fla" or "hf-mamba".
 
     `special_tokens` optionally sets bos_token_id / eos_token_id / pad_token_id (all null otherwise; fla's pad id
-    stays null, as fla would freeze that token's embedding). The bytes depend only on the weights and settings. Raises ValueError before writing anything if the format cannot
-    represent the model.
+    stays null, as fla would freeze that token's embedding). The bytes depend only on the weights and settings.
+    Raises ValueError before writing anything if the format cannot represent the model.
     """
     from .lm import LanguageModel
 

@@ -104,6 +104,8 @@ def test_every_grid_expands_to_valid_runs(path):
 
 def test_errors_inside_a_list_of_sources_name_the_entry():
     with pytest.raises(ConfigError, match=r"data\.mixture\[0\]\.weight='abc' has the wrong type: expected float"):
-        load_config("configs/examples/mixture.yaml", ['data.mixture=[{name: a, dataset: "embedded:code", weight: abc}]'])
-    with pytest.raises(ConfigError, match=r"data\.mixture\[0\]\.datset: unknown key; did you mean data\.mixture\[0\]\.dataset\?"):
+        load_config("configs/examples/mixture.yaml",
+                    ['data.mixture=[{name: a, dataset: "embedded:code", weight: abc}]'])
+    with pytest.raises(ConfigError, match=r"data\.mixture\[0\]\.datset: unknown key; "
+                                          r"did you mean data\.mixture\[0\]\.dataset\?"):
         load_config("configs/examples/mixture.yaml", ["data.mixture=[{name: a, datset: x}]"])

@@ -108,7 +108,10 @@ class DeepSpeedEngine:
                                          adamw_mode=True)
         else:
             optimizer = build_optimizer(model, cfg.optim, cfg.train.lr)
-        schedule = lambda opt: build_scheduler(opt, cfg.optim, cfg.train.warmup_steps, cfg.train.max_steps)  # noqa: E731
+
+        def schedule(opt):  # built by DeepSpeed on its wrapped optimizer
+            return build_scheduler(opt, cfg.optim, cfg.train.warmup_steps, cfg.train.max_steps)
+
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(ctx.device), optimizer=optimizer, lr_scheduler=schedule, config=ds_config,
             dist_init_required=False)

@@ -105,9 +105,10 @@ class Trainer:
             self.log(f"warning: step {result.step}: non-finite loss ({result.loss}) or gradient norm "
                      f"({result.grad_norm}); the update was skipped ({self.skipped_in_a_row} in a row)")
             if self.skipped_in_a_row > limit:
+                first = result.step - self.skipped_in_a_row + 1
                 raise TrainingError(
-                    f"{self.skipped_in_a_row} non-finite steps in a row (steps {result.step - self.skipped_in_a_row + 1}"
-                    f"-{result.step}; train.max_skipped_steps={limit}): stopping. The weights were not updated by "
+                    f"{self.skipped_in_a_row} non-finite steps in a row (steps {first}-{result.step}; "
+                    f"train.max_skipped_steps={limit}): stopping. The weights were not updated by "
                     f"them and the checkpoints are intact; lower train.lr or check the data, then resume")
             return
         self.skipped_in_a_row = 0

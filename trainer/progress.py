@@ -21,7 +21,8 @@ class ProgressBar(Callback):
             self._loss = result.loss if self._loss is None else 0.9 * self._loss + 0.1 * result.loss
         tokens_per_s = (result.tokens - self._tokens) / max(result.step_time, 1e-9)
         self._tokens = result.tokens
-        self.bar.set_postfix(loss=f"{self._loss:.3f}" if self._loss is not None else "-", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        shown = f"{self._loss:.3f}" if self._loss is not None else "-"
+        self.bar.set_postfix(loss=shown, tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         self.bar.update(1)
 
     def on_train_end(self, trainer: Trainer) -> None:

@@ -64,8 +64,9 @@ class ModularArithmetic(Task):
     followed by "=", so it has n + 1 tokens; the label at the "=" position is the value of the
     expression mod m, multiplication first, + and - left to right (`evaluate`). With supervision="prefix"
     (a denser signal for small-compute runs; not the paper's setup) every position that ends a whole
-    expression (a digit or ")" outside brackets) is also labelled with the value of the prefix so far. Expressions have odd length,
-    so an even requested length n gives n - 1 symbols, as in Deletang et al.; `lengths` lists odd lengths only.
+    expression (a digit or ")" outside brackets) is also labelled with the value of the prefix so far.
+    Expressions have odd length, so an even requested length n gives n - 1 symbols, as in Deletang et al.;
+    `lengths` lists odd lengths only.
     Without brackets the digits and operators are uniform and independent.
     Chance is taken as 1/m. The answers are not exactly uniform: products make 0 more frequent at short
     lengths (19/75 = 0.253 at length 3, ~0.21 at length 9), but pooled over lengths 3-40 or 40-256 every
