@@ -25,11 +25,11 @@ def checkpoint_tokenizer(checkpoint: Path):
 
 def load_checkpoint(path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer, resolved checkpoint dir) from a run dir, `latest` or a step dir."""
-    from model import from_checkpoint
+    from model.loading import model_from_dir
     from trainer.checkpoint import resolve
 
     checkpoint = resolve(path)
-    return from_checkpoint(checkpoint, device=device), checkpoint_tokenizer(checkpoint), checkpoint
+    return model_from_dir(checkpoint, device), checkpoint_tokenizer(checkpoint), checkpoint
 
 
 def model_info(model) -> dict:

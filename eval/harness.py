@@ -117,16 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from lm_eval.utils import handle_non_serializable
 
-    from eval.lm_eval_model import load_checkpoint
-    from trainer.checkpoint import resolve
+    from eval.generation import load_checkpoint
+    from model.loading import read_config_section
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks or (args.limit is not None and args.limit < 1):
         parser.error("--tasks needs at least one name and --limit must be positive")
     manager = build_task_manager(tasks, args.include_path)  # fails on a typo before the model loads
-    checkpoint = resolve(args.checkpoint)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, seq_len = load_checkpoint(checkpoint, device)
+    model, tokenizer, checkpoint = load_checkpoint(args.checkpoint, device)
+    seq_len = read_config_section(checkpoint, "train").get("seq_len")
     autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) \
         if args.precision == "bf16" else None
     max_length = seq_len if args.max_length is None else args.max_length

@@ -11,7 +11,6 @@ import contextlib
 
 import lm_eval.models  # noqa: F401  must precede our registration (it fills lm-eval's model registry)
 import torch
-import yaml
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
@@ -26,9 +25,10 @@ def load_checkpoint(path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer, training seq_len or None) from a checkpoint, `latest` or run directory."""
     from eval.generation import load_checkpoint as load_model_and_tokenizer
 
+    from model.loading import read_config_section
+
     model, tokenizer, checkpoint = load_model_and_tokenizer(path, device)
-    seq_len = (yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}).get("train", {}).get("seq_len")
-    return model, tokenizer, seq_len
+    return model, tokenizer, read_config_section(checkpoint, "train").get("seq_len")
 
 
 @register_model("lrnn")

@@ -94,12 +94,10 @@ def read_token_stream(spec: str, tokenizer, data_cfg, max_tokens: int, text_fiel
 def checkpoint_data_config(checkpoint: Path):
     """The DataConfig a checkpoint was trained with. Only its `data` section is read, so checkpoints whose
     trainer keys have since been renamed can still be evaluated."""
-    import yaml
-
+    from model.loading import read_config_section
     from trainer.config import from_dict
 
-    raw = yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}
-    return from_dict({"data": raw.get("data") or {}}).data
+    return from_dict({"data": read_config_section(checkpoint, "data")}).data
 
 
 def parse_data(specs: list[str]) -> dict[str, str]:

@@ -65,12 +65,10 @@ def evaluate_task(model, task: Task, batches, device: torch.device | str = "cpu"
 
 def task_from_checkpoint(checkpoint, name: str | None) -> Task:
     """The task a checkpoint was trained on (with its options), or `name` with the checkpoint's options."""
-    import yaml
-
-    raw = yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}
     from data.state_tracking.config import TaskConfig
+    from model.loading import read_config_section
 
-    cfg = TaskConfig(**(raw.get("task") or {}))
+    cfg = TaskConfig(**read_config_section(checkpoint, "task"))
     if name is not None and name != cfg.name:
         cfg = TaskConfig(name=name, supervision=cfg.supervision, modulus=cfg.modulus)
     if cfg.name is None:
@@ -90,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from model import from_checkpoint
+    from model.loading import model_from_dir
     from trainer.checkpoint import CheckpointError, resolve
 
     try:
         checkpoint = resolve(args.checkpoint)
         task = task_from_checkpoint(checkpoint, args.task)
-        model = from_checkpoint(checkpoint, device=args.device)
+        model = model_from_dir(checkpoint, device=args.device)
         if task.vocab_size > model.config.vocab_size:
             raise ValueError(f"task {task.name} needs vocab_size >= {task.vocab_size}, the model has "
                              f"{model.config.vocab_size}: it was trained on another task")

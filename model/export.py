@@ -28,16 +28,14 @@ def export(checkpoint, out, fmt: str = "hf", force: bool = False) -> list[str]:
     """Export the checkpoint at `checkpoint` into directory `out`; return the names of the files written."""
     from trainer.checkpoint import resolve
 
-    from .lm import LanguageModel
-    from .loading import load_weights, read_model_config
+    from .loading import model_from_dir
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     checkpoint = resolve(checkpoint)
     out = Path(out)
     _check_out(out, checkpoint, force)
-    model = LanguageModel(read_model_config(checkpoint))
-    load_weights(model, checkpoint)
+    model = model_from_dir(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
     tmp.mkdir()

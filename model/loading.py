@@ -12,13 +12,19 @@ from safetensors.torch import load_model
 WEIGHTS = "model.safetensors"
 
 
+def read_config_section(checkpoint: Path, section: str) -> dict:
+    """One top-level section (model, data, train, task, ...) of a checkpoint's resolved config.yaml, raw.
+    Reading only the section a tool needs keeps checkpoints with since-renamed keys elsewhere usable."""
+    raw = yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}
+    return raw.get(section) or {}
+
+
 def read_model_config(checkpoint: Path):
     """The ModelConfig stored in a checkpoint's resolved config.yaml."""
     from .config import ModelConfig
 
-    raw = yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_raw = raw.get("model", {})
+    model_raw = read_config_section(checkpoint, "model")
     unknown = sorted(set(model_raw) - fields)
     if unknown:
         raise ValueError(f"{checkpoint}/config.yaml has model keys this code does not know: {unknown}; "
@@ -64,9 +70,14 @@ def from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Build the model a checkpoint describes and load its weights (verified against the manifest)."""
     from trainer.checkpoint import resolve
 
+    return model_from_dir(resolve(path), device, strict)
+
+
+def model_from_dir(checkpoint: Path, device: str | torch.device = "cpu", strict: bool = True):
+    """from_checkpoint for a directory `trainer.checkpoint.resolve` already returned (verified once: verifying
+    hashes every file, which is slow for large checkpoints)."""
     from .lm import LanguageModel
 
-    checkpoint = resolve(path)
     model = LanguageModel(read_model_config(checkpoint))
     load_weights(model, checkpoint, strict=strict)
     return model.to(device).eval()
